@@ -1,0 +1,61 @@
+//! The flow hash and slot reduction: one definition, used by the XDP program,
+//! the daemon, the reference model and `lbctl route`, so all agree on where a flow lands.
+
+use crate::FlowKey;
+
+const SEED: u32 = 0x9e37_79b9;
+
+#[inline(always)]
+fn mix(h: u32, w: u32) -> u32 {
+    (h ^ w).wrapping_mul(0x85eb_ca6b).rotate_left(13)
+}
+
+#[inline(always)]
+fn fmix(mut h: u32) -> u32 {
+    // murmur3's finaliser: full avalanche so that the high bits used by `slot` are well mixed.
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h
+}
+
+#[inline(always)]
+fn word(b: &[u8; 16], i: usize) -> u32 {
+    u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+}
+
+/// Hash of a whole 5-tuple (the `mh` scheduler's key).
+#[inline(always)]
+pub fn flow_hash(k: &FlowKey) -> u32 {
+    let mut h = SEED;
+    h = mix(h, word(&k.src, 0));
+    h = mix(h, word(&k.src, 4));
+    h = mix(h, word(&k.src, 8));
+    h = mix(h, word(&k.src, 12));
+    h = mix(h, word(&k.dst, 0));
+    h = mix(h, word(&k.dst, 4));
+    h = mix(h, word(&k.dst, 8));
+    h = mix(h, word(&k.dst, 12));
+    h = mix(h, (k.sport as u32) << 16 | k.dport as u32);
+    h = mix(h, k.proto as u32);
+    fmix(h)
+}
+
+/// Hash of the client address alone (the `sh` scheduler's key: client affinity).
+#[inline(always)]
+pub fn src_hash(src: &[u8; 16]) -> u32 {
+    let mut h = SEED ^ 0x5348; // distinct from flow_hash of a zero tuple
+    h = mix(h, word(src, 0));
+    h = mix(h, word(src, 4));
+    h = mix(h, word(src, 8));
+    h = mix(h, word(src, 12));
+    fmix(h)
+}
+
+/// Maps a 32-bit hash onto `0..n` without a division (Lemire's multiply-shift).
+#[inline(always)]
+pub fn slot(hash: u32, n: u32) -> u32 {
+    ((hash as u64 * n as u64) >> 32) as u32
+}

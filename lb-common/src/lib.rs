@@ -1,0 +1,18 @@
+//! Types and pure logic shared by the XDP programs and user space.
+//!
+//! Every map key and value is `#[repr(C)]` with explicit padding and a
+//! compile-time size check, so the kernel and user-space views can never
+//! drift apart. Addresses and ports are kept in network byte order.
+#![cfg_attr(not(feature = "user"), no_std)]
+
+pub mod consts;
+pub mod hash;
+pub mod types;
+
+#[cfg(feature = "user")]
+pub mod maglev;
+#[cfg(feature = "user")]
+pub mod sequence;
+
+pub use consts::*;
+pub use types::*;

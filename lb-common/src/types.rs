@@ -1,0 +1,199 @@
+//! Map keys and values. `#[repr(C)]`, explicit padding, sizes checked at compile time.
+
+macro_rules! assert_size {
+    ($t:ty, $n:expr) => {
+        const _: () = assert!(core::mem::size_of::<$t>() == $n);
+    };
+}
+
+macro_rules! pod {
+    ($($t:ty),*) => {
+        $(
+            #[cfg(feature = "user")]
+            // SAFETY: repr(C), only integer fields and explicit padding, no implicit holes.
+            unsafe impl aya::Pod for $t {}
+        )*
+    };
+}
+
+/// VIPS key: (address, port, protocol). IPv4 addresses occupy `addr[..4]`, the rest zero.
+/// `port` is in network byte order; port 0 means "every port of this address".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+assert_size!(VipKey, 20);
+
+/// VIPS value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipMeta {
+    /// Index of this VIP's slice of MAGLEV and of its counters.
+    pub idx: u32,
+    /// One of `SCHED_*`.
+    pub sched: u32,
+    /// `VIP_F_*`.
+    pub flags: u32,
+    /// Persistence timeout in seconds (`ipvsadm -p`); 0 = off.
+    pub persist_secs: u32,
+    /// For rr/wrr: how many leading slots of this VIP's table hold the sequence.
+    pub seq_len: u32,
+    pub _pad: u32,
+}
+assert_size!(VipMeta, 24);
+
+/// BACKENDS value, indexed by backend id (id 0 is never used).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    /// Real server address (outer destination in tunnel mode).
+    pub addr: [u8; 16],
+    /// L2 destination: the real server's MAC (DR) or the next hop's (tunnel).
+    pub mac: [u8; 6],
+    pub family: u8,
+    pub _pad0: u8,
+    /// One of `MODE_*`.
+    pub mode: u32,
+    /// `BACKEND_F_*`.
+    pub flags: u32,
+    /// GUE destination port, network byte order.
+    pub gue_port: u16,
+    pub _pad1: [u8; 2],
+}
+assert_size!(Backend, 36);
+
+/// A flow as the LB sees it: client → VIP. Also the CONNS key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Network byte order. For ICMP echo: the identifier in `sport`, 0 in `dport`.
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+assert_size!(FlowKey, 40);
+
+/// CONNS value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Conn {
+    pub backend: u32,
+    /// `CONN_F_*`.
+    pub flags: u32,
+    /// bpf_ktime_get_coarse_ns() when last refreshed (refreshed at most once a second).
+    pub last_seen_ns: u64,
+    /// VIP index, so that user space can attribute entries without a reverse lookup.
+    pub vip_idx: u32,
+    pub _pad: u32,
+}
+assert_size!(Conn, 24);
+
+/// PERSIST key: (VIP, client address), as ipvsadm's persistent templates.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PersistKey {
+    pub client: [u8; 16],
+    pub vip_idx: u32,
+}
+assert_size!(PersistKey, 20);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PersistVal {
+    pub backend: u32,
+    pub _pad: u32,
+    /// Coarse ns after which the template no longer applies.
+    pub expires_ns: u64,
+}
+assert_size!(PersistVal, 16);
+
+/// FRAGS key: one datagram (addresses + IP ID / fragment ID).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// IPv4 ID (16 bits) or IPv6 fragment identification, as read (network order).
+    pub id: u32,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+assert_size!(FragKey, 40);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragVal {
+    pub backend: u32,
+    pub vip_idx: u32,
+}
+assert_size!(FragVal, 8);
+
+/// CTRL[0]: knobs the daemon sets for the whole data plane.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ctrl {
+    /// Size of each VIP's Maglev table (prime).
+    pub ring_size: u32,
+    /// MTU of the path to the real servers: encapsulated packets above it get ICMP too-big.
+    pub mtu: u32,
+    /// `CTRL_F_*`.
+    pub flags: u32,
+    /// Idle time after which a connection entry no longer pins its backend.
+    pub conn_timeout_secs: u32,
+    /// Outer IPv4 source of tunnelled packets (or its prefix, with CTRL_F_SRC_FROM_FLOW).
+    pub tun_src_v4: [u8; 4],
+    /// With CTRL_F_SRC_FROM_FLOW: these host bits of tun_src_v4 come from the flow hash
+    /// (network order mask, e.g. 0.0.255.255 for a /16 prefix).
+    pub tun_src_v4_hostmask: [u8; 4],
+    /// Outer IPv6 source; with CTRL_F_SRC_FROM_FLOW its low 32 bits come from the flow hash.
+    pub tun_src_v6: [u8; 16],
+    /// MAC the LB sends from (the ingress interface's, for XDP_TX).
+    pub our_mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+assert_size!(Ctrl, 48);
+
+impl Default for Ctrl {
+    fn default() -> Self {
+        Ctrl {
+            ring_size: crate::DEFAULT_RING_SIZE,
+            mtu: crate::DEFAULT_MTU,
+            flags: 0,
+            conn_timeout_secs: 900,
+            tun_src_v4: [0; 4],
+            tun_src_v4_hostmask: [0; 4],
+            tun_src_v6: [0; 16],
+            our_mac: [0; 6],
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// Per-CPU traffic counters for a VIP or a backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_conns: u64,
+    pub _reserved: u64,
+}
+assert_size!(Counters, 32);
+
+pod!(VipKey, VipMeta, Backend, FlowKey, Conn, PersistKey, PersistVal, FragKey, FragVal, Ctrl, Counters);
+
+impl FlowKey {
+    /// Key with addresses reduced to a family-independent form (used for `sh`).
+    pub fn src_only(&self) -> FlowKey {
+        FlowKey { src: self.src, family: self.family, ..FlowKey::default() }
+    }
+}

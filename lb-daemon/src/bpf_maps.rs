@@ -1,0 +1,276 @@
+//! The only writer of the data plane's maps: typed handles over the loaded object.
+//! Maglev slots are written straight into the mmap'ed MAGLEV array, and only the
+//! slots that change are written.
+
+use std::{
+    os::fd::AsFd as _,
+    ptr::NonNull,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    programs::{Xdp, XdpMode},
+};
+use lb_common::{
+    Backend, Conn, Counters, Ctrl, FlowKey, REASON_SLOTS, Reason, VipKey, VipMeta, map_names as m,
+};
+
+use crate::loader::Capacity;
+
+/// The MAGLEV array, mapped into our address space (BPF_F_MMAPABLE).
+struct SlotMem {
+    ptr: NonNull<AtomicU32>,
+    len: usize,
+    map_len: usize,
+}
+
+// SAFETY: the mapping is owned by this struct and only accessed through atomics.
+unsafe impl Send for SlotMem {}
+unsafe impl Sync for SlotMem {}
+
+impl SlotMem {
+    fn new(map: &MapData, entries: u32) -> Result<Self> {
+        let len = entries as usize;
+        let page = 4096;
+        let map_len = (len * 4).div_ceil(page) * page;
+        let fd = map.fd().as_fd();
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: mapping a BPF array fd read/write shared, as the kernel documents for
+        // BPF_F_MMAPABLE arrays; unmapped in Drop.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).context("mmap of MAGLEV");
+        }
+        Ok(SlotMem { ptr: NonNull::new(p.cast()).context("mmap returned null")?, len, map_len })
+    }
+
+    fn slots(&self) -> &[AtomicU32] {
+        // SAFETY: `len` u32s lie inside the mapping, which lives as long as self.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for SlotMem {
+    fn drop(&mut self) {
+        // SAFETY: unmapping what `new` mapped.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.map_len) };
+    }
+}
+
+/// The programs in the object, all verified at load.
+pub const PROGRAMS: [&str; 3] = ["xdp_lb", "xdp_decap", "xdp_floor"];
+
+pub struct DataPlane {
+    pub ebpf: Ebpf,
+    pub cap: Capacity,
+    vips: HashMap<MapData, VipKey, VipMeta>,
+    backends: Array<MapData, Backend>,
+    ctrl: Array<MapData, Ctrl>,
+    conns: HashMap<MapData, FlowKey, Conn>,
+    vip_stats: PerCpuArray<MapData, Counters>,
+    backend_stats: PerCpuArray<MapData, Counters>,
+    reasons: PerCpuArray<MapData, u64>,
+    rr_state: PerCpuArray<MapData, u32>,
+    slots: SlotMem,
+    _maglev: MapData,
+}
+
+fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
+    ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the object"))
+}
+
+impl DataPlane {
+    /// Wraps a loaded object. Programs are verified here, before the maps are taken
+    /// out of `ebpf` (loading relocates the map fds into the programs).
+    pub fn new(mut ebpf: Ebpf, cap: Capacity) -> Result<Self> {
+        for name in PROGRAMS {
+            let p = ebpf.program_mut(name).ok_or_else(|| anyhow!("no program {name}"))?;
+            let x: &mut Xdp = p.try_into()?;
+            x.load().with_context(|| format!("verifying {name}"))?;
+        }
+        let maglev = match take(&mut ebpf, m::MAGLEV)? {
+            Map::Array(d) => d,
+            _ => bail!("MAGLEV is not an array"),
+        };
+        let slots = SlotMem::new(&maglev, cap.max_vips * cap.ring_size)?;
+        let dp = DataPlane {
+            vips: take(&mut ebpf, m::VIPS)?.try_into()?,
+            backends: take(&mut ebpf, m::BACKENDS)?.try_into()?,
+            ctrl: take(&mut ebpf, m::CTRL)?.try_into()?,
+            conns: take(&mut ebpf, m::CONNS)?.try_into()?,
+            vip_stats: take(&mut ebpf, m::VIP_STATS)?.try_into()?,
+            backend_stats: take(&mut ebpf, m::BACKEND_STATS)?.try_into()?,
+            reasons: take(&mut ebpf, m::REASONS)?.try_into()?,
+            rr_state: take(&mut ebpf, m::RR_STATE)?.try_into()?,
+            slots,
+            _maglev: maglev,
+            ebpf,
+            cap,
+        };
+        Ok(dp)
+    }
+
+    /// Loads the embedded object with `cap` and wraps it.
+    pub fn load(cap: &Capacity) -> Result<Self> {
+        let ebpf = crate::loader::load(cap, None)?;
+        let mut dp = Self::new(ebpf, cap.clone())?;
+        dp.set_ctrl(&Ctrl { ring_size: cap.ring_size, ..Ctrl::default() })?;
+        Ok(dp)
+    }
+
+    pub fn program(&mut self, name: &str) -> Result<&mut Xdp> {
+        let p = self.ebpf.program_mut(name).ok_or_else(|| anyhow!("no program {name}"))?;
+        let x: &mut Xdp = p.try_into()?;
+        Ok(x)
+    }
+
+
+    /// Attaches `xdp_lb` to an interface: native mode, else generic mode with a warning.
+    pub fn attach(&mut self, ifname: &str) -> Result<&'static str> {
+        let c = std::ffi::CString::new(ifname)?;
+        let prog = self.program("xdp_lb")?;
+        match prog.attach(c.as_c_str(), XdpMode::Driver) {
+            Ok(_) => Ok("native"),
+            Err(e) => {
+                tracing::warn!(
+                    "native XDP on {ifname} failed ({e}); falling back to generic (skb) mode, which is much slower"
+                );
+                prog.attach(c.as_c_str(), XdpMode::Skb)
+                    .with_context(|| format!("attaching xdp_lb to {ifname}"))?;
+                Ok("generic")
+            }
+        }
+    }
+
+    pub fn set_ctrl(&mut self, c: &Ctrl) -> Result<()> {
+        self.ctrl.set(0, c, 0).context("writing CTRL")
+    }
+
+    pub fn ctrl(&self) -> Result<Ctrl> {
+        Ok(self.ctrl.get(&0, 0)?)
+    }
+
+    pub fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<()> {
+        self.vips.insert(key, meta, 0).context("writing VIPS")
+    }
+
+    pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
+        match self.vips.remove(key) {
+            Ok(()) => Ok(()),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e).context("removing from VIPS"),
+        }
+    }
+
+    pub fn vips(&self) -> Result<Vec<(VipKey, VipMeta)>> {
+        self.vips.iter().map(|r| r.map_err(Into::into)).collect()
+    }
+
+    pub fn set_backend(&mut self, id: u32, b: &Backend) -> Result<()> {
+        self.backends.set(id, b, 0).with_context(|| format!("writing BACKENDS[{id}]"))
+    }
+
+    pub fn backend(&self, id: u32) -> Result<Backend> {
+        Ok(self.backends.get(&id, 0)?)
+    }
+
+    /// The current contents of VIP `idx`'s lookup table.
+    pub fn table(&self, idx: u32) -> Vec<u32> {
+        self.table_slots(idx).iter().map(|s| s.load(Ordering::Relaxed)).collect()
+    }
+
+    fn table_slots(&self, idx: u32) -> &[AtomicU32] {
+        let n = self.cap.ring_size as usize;
+        let start = idx as usize * n;
+        &self.slots.slots()[start..start + n]
+    }
+
+    /// Makes VIP `idx`'s table equal `new` (shorter: the rest is emptied), writing only the
+    /// slots that differ. Each slot write is atomic, so a packet sees the old or the new
+    /// backend of its slot, never garbage. Returns how many slots were written.
+    pub fn write_table(&self, idx: u32, new: &[u32]) -> usize {
+        let slots = self.table_slots(idx);
+        let mut written = 0;
+        for (i, s) in slots.iter().enumerate() {
+            let v = new.get(i).copied().unwrap_or(0);
+            if s.load(Ordering::Relaxed) != v {
+                s.store(v, Ordering::Relaxed);
+                written += 1;
+            }
+        }
+        written
+    }
+
+    pub fn reset_rr(&mut self, idx: u32) -> Result<()> {
+        let n = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let zeros = aya::maps::PerCpuValues::try_from(vec![0u32; n.get() as usize])?;
+        self.rr_state.set(idx, zeros, 0)?;
+        Ok(())
+    }
+
+    pub fn conn(&self, flow: &FlowKey) -> Option<Conn> {
+        self.conns.get(flow, 0).ok()
+    }
+
+    pub fn conns(&self) -> Vec<(FlowKey, Conn)> {
+        self.conns.iter().filter_map(|r| r.ok()).collect()
+    }
+
+    pub fn clear_conns(&mut self) -> Result<()> {
+        let keys: Vec<FlowKey> = self.conns.keys().filter_map(|k| k.ok()).collect();
+        for k in keys {
+            let _ = self.conns.remove(&k);
+        }
+        Ok(())
+    }
+
+    fn sum(c: aya::maps::PerCpuValues<Counters>) -> Counters {
+        c.iter().fold(Counters::default(), |a, b| Counters {
+            packets: a.packets + b.packets,
+            bytes: a.bytes + b.bytes,
+            new_conns: a.new_conns + b.new_conns,
+            _reserved: 0,
+        })
+    }
+
+    pub fn vip_counters(&self, idx: u32) -> Result<Counters> {
+        Ok(Self::sum(self.vip_stats.get(&idx, 0)?))
+    }
+
+    pub fn backend_counters(&self, id: u32) -> Result<Counters> {
+        Ok(Self::sum(self.backend_stats.get(&id, 0)?))
+    }
+
+    /// Per-CPU packet counts of one VIP (the busiest core, not the average).
+    pub fn vip_counters_per_cpu(&self, idx: u32) -> Result<Vec<Counters>> {
+        Ok(self.vip_stats.get(&idx, 0)?.iter().copied().collect())
+    }
+
+    /// Global counters by reason, summed over CPUs.
+    pub fn reason_counts(&self) -> Result<Vec<(Reason, u64)>> {
+        Reason::ALL
+            .iter()
+            .map(|r| {
+                let v = self.reasons.get(&(*r as u32), 0)?;
+                Ok((*r, v.iter().sum()))
+            })
+            .collect()
+    }
+
+    pub fn reason_count(&self, r: Reason) -> Result<u64> {
+        debug_assert!((r as u32) < REASON_SLOTS);
+        Ok(self.reasons.get(&(r as u32), 0)?.iter().sum())
+    }
+}

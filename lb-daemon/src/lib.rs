@@ -1,0 +1,10 @@
+//! lb-daemon: loads the XDP programs, projects the desired state into BPF maps,
+//! and serves the operator.
+
+pub mod bpf_maps;
+pub mod loader;
+pub mod state;
+pub mod sync;
+
+/// The XDP object built from lb-ebpf by build.rs.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));

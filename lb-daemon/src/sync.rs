@@ -1,0 +1,263 @@
+//! Projects the desired `State` into the maps through `DataPlane` (the only writer).
+//! Order keeps every packet safe: a backend is written before any slot points at it,
+//! and its slots are gone before it is invalidated.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    net::IpAddr,
+};
+
+use anyhow::{Result, bail};
+use lb_common::{
+    BACKEND_F_VALID, Backend, CTRL_F_SRC_FROM_FLOW, Ctrl, FAMILY_V4, FAMILY_V6, VIP_F_ADDR_MARKER,
+    VipKey, VipMeta,
+    maglev::{self, MaglevBackend},
+    sequence,
+};
+
+use crate::{
+    bpf_maps::DataPlane,
+    state::{Scheduler, Service, ServiceId, State, Tunnel},
+};
+
+/// What one apply changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub services_added: usize,
+    pub services_removed: usize,
+    pub services_changed: usize,
+    pub slots_written: usize,
+}
+
+struct Installed {
+    svc: Service,
+    idx: u32,
+    ids: BTreeMap<IpAddr, u32>,
+}
+
+pub struct Projector {
+    installed: BTreeMap<ServiceId, Installed>,
+    /// Free VIP indexes and backend ids, reused oldest-freed first so that a stale
+    /// connection entry is unlikely to meet a recycled id.
+    free_idx: VecDeque<u32>,
+    free_ids: VecDeque<u32>,
+    ring_size: u32,
+}
+
+pub fn vip_key(addr: IpAddr, port: u16, proto: u8) -> VipKey {
+    let (a, family) = addr_bytes(addr);
+    VipKey { addr: a, port: port.to_be(), proto, family }
+}
+
+pub fn addr_bytes(addr: IpAddr) -> ([u8; 16], u8) {
+    let mut a = [0u8; 16];
+    match addr {
+        IpAddr::V4(v) => {
+            a[..4].copy_from_slice(&v.octets());
+            (a, FAMILY_V4)
+        }
+        IpAddr::V6(v) => (v.octets(), FAMILY_V6),
+    }
+}
+
+fn marker_key(addr: IpAddr) -> VipKey {
+    vip_key(addr, 0, 0)
+}
+
+pub fn ctrl_for(t: &Tunnel, ring_size: u32, conn_timeout_secs: u32) -> Ctrl {
+    let mut c = Ctrl { ring_size, conn_timeout_secs, ..Ctrl::default() };
+    if let Some(m) = t.mtu {
+        c.mtu = m;
+    }
+    if let Some(s) = t.source_v4 {
+        c.tun_src_v4 = s.octets();
+    }
+    if let Some(s) = t.source_v6 {
+        c.tun_src_v6 = s.octets();
+    }
+    if t.source_from_flow {
+        c.flags |= CTRL_F_SRC_FROM_FLOW;
+        let prefix = t.source_v4_prefix.unwrap_or(16) as u32;
+        let host = if prefix >= 32 { 0 } else { u32::MAX >> prefix };
+        c.tun_src_v4_hostmask = host.to_be_bytes();
+    }
+    c
+}
+
+/// The table a service's VIP should have: Maglev for mh/sh, a sequence for rr/wrr.
+pub fn table_for(svc: &Service, ids: &BTreeMap<IpAddr, u32>, ring: u32) -> (Vec<u32>, u32) {
+    let members: Vec<MaglevBackend> = svc
+        .backends
+        .iter()
+        .map(|r| MaglevBackend { id: ids[&r.address], weight: r.weight })
+        .collect();
+    match svc.scheduler {
+        Scheduler::Mh | Scheduler::Sh => (maglev::build(&members, ring), 0),
+        Scheduler::Rr => {
+            let live: Vec<u32> = members.iter().filter(|m| m.weight > 0).map(|m| m.id).collect();
+            let seq = sequence::rr_sequence(&live);
+            let n = seq.len() as u32;
+            (seq, n)
+        }
+        Scheduler::Wrr => {
+            let seq = sequence::wrr_sequence(&members, ring);
+            let n = seq.len() as u32;
+            (seq, n)
+        }
+    }
+}
+
+impl Projector {
+    pub fn new(max_vips: u32, max_backends: u32, ring_size: u32) -> Self {
+        Projector {
+            installed: BTreeMap::new(),
+            free_idx: (0..max_vips).collect(),
+            // id 0 means "no backend".
+            free_ids: (1..max_backends).collect(),
+            ring_size,
+        }
+    }
+
+    /// The backend id of a real server of a service, if installed.
+    pub fn backend_id(&self, svc: &ServiceId, real: IpAddr) -> Option<u32> {
+        self.installed.get(svc).and_then(|i| i.ids.get(&real).copied())
+    }
+
+    pub fn vip_idx(&self, svc: &ServiceId) -> Option<u32> {
+        self.installed.get(svc).map(|i| i.idx)
+    }
+
+    /// Makes the maps equal `desired`. Validation (including MACs) happens first: on error
+    /// nothing has been written.
+    pub fn apply(&mut self, dp: &mut DataPlane, desired: &State) -> Result<ApplyReport> {
+        desired.validate(dp.cap.max_vips, dp.cap.max_backends)?;
+        for s in &desired.services {
+            for r in &s.backends {
+                if r.mac.is_none() {
+                    bail!("service {}: real server {} has no resolved MAC", s.id(), r.address);
+                }
+            }
+        }
+        let mut report = ApplyReport::default();
+        let conn_timeout = dp.ctrl().map(|c| c.conn_timeout_secs).unwrap_or(900);
+        let ctrl = ctrl_for(&desired.tunnel, self.ring_size, conn_timeout);
+        if dp.ctrl()? != ctrl {
+            dp.set_ctrl(&ctrl)?;
+        }
+
+        let wanted: BTreeMap<ServiceId, &Service> =
+            desired.services.iter().map(|s| (s.id(), s)).collect();
+        // Removals first: frees indexes and ids for the additions.
+        let gone: Vec<ServiceId> =
+            self.installed.keys().filter(|k| !wanted.contains_key(k)).copied().collect();
+        for id in gone {
+            let inst = self.installed.remove(&id).expect("installed");
+            dp.remove_vip(&vip_key(id.address, id.port, id.proto.number()))?;
+            report.slots_written += dp.write_table(inst.idx, &[]);
+            for bid in inst.ids.values() {
+                dp.set_backend(*bid, &Backend::default())?;
+                self.free_ids.push_back(*bid);
+            }
+            self.free_idx.push_back(inst.idx);
+            report.services_removed += 1;
+        }
+        for (id, svc) in &wanted {
+            let (idx, mut ids, existed) = match self.installed.remove(id) {
+                Some(inst) if &inst.svc == *svc => {
+                    self.installed.insert(*id, inst);
+                    continue;
+                }
+                Some(inst) => (inst.idx, inst.ids, true),
+                None => {
+                    let Some(idx) = self.free_idx.pop_front() else {
+                        bail!("no free VIP slot for {id}");
+                    };
+                    (idx, BTreeMap::new(), false)
+                }
+            };
+            // Real servers that left: out of the table first, invalidated afterwards.
+            let leaving: Vec<(IpAddr, u32)> = ids
+                .iter()
+                .filter(|(a, _)| !svc.backends.iter().any(|r| r.address == **a))
+                .map(|(a, b)| (*a, *b))
+                .collect();
+            for (a, _) in &leaving {
+                ids.remove(a);
+            }
+            for r in &svc.backends {
+                let bid = match ids.get(&r.address) {
+                    Some(b) => *b,
+                    None => {
+                        let Some(b) = self.free_ids.pop_front() else {
+                            bail!("no free backend id for {}", r.address);
+                        };
+                        ids.insert(r.address, b);
+                        b
+                    }
+                };
+                let (addr, family) = addr_bytes(r.address);
+                let b = Backend {
+                    addr,
+                    mac: r.mac.expect("checked above").0,
+                    family,
+                    mode: r.forward.mode(),
+                    flags: BACKEND_F_VALID,
+                    gue_port: r.gue_port.to_be(),
+                    ..Backend::default()
+                };
+                if dp.backend(bid)? != b {
+                    dp.set_backend(bid, &b)?;
+                }
+            }
+            let (table, seq_len) = table_for(svc, &ids, self.ring_size);
+            report.slots_written += dp.write_table(idx, &table);
+            let meta = VipMeta {
+                idx,
+                sched: svc.scheduler.code(),
+                flags: 0,
+                persist_secs: svc.persistence,
+                seq_len,
+                _pad: 0,
+            };
+            dp.set_vip(&vip_key(id.address, id.port, id.proto.number()), &meta)?;
+            if !existed {
+                dp.reset_rr(idx)?;
+            }
+            for (_, bid) in leaving {
+                dp.set_backend(bid, &Backend::default())?;
+                self.free_ids.push_back(bid);
+            }
+            if existed {
+                report.services_changed += 1;
+            } else {
+                report.services_added += 1;
+            }
+            self.installed.insert(*id, Installed { svc: (*svc).clone(), idx, ids });
+        }
+        self.sync_markers(dp)?;
+        Ok(report)
+    }
+
+    /// One marker entry per VIP address (for fragments, ICMP and "unsupported" counting).
+    fn sync_markers(&self, dp: &mut DataPlane) -> Result<()> {
+        let want: std::collections::BTreeSet<IpAddr> =
+            self.installed.keys().map(|k| k.address).collect();
+        for (k, m) in dp.vips()? {
+            if m.flags & VIP_F_ADDR_MARKER != 0 {
+                let addr = if k.family == FAMILY_V4 {
+                    IpAddr::from([k.addr[0], k.addr[1], k.addr[2], k.addr[3]])
+                } else {
+                    IpAddr::from(k.addr)
+                };
+                if !want.contains(&addr) {
+                    dp.remove_vip(&k)?;
+                }
+            }
+        }
+        for a in want {
+            let meta = VipMeta { flags: VIP_F_ADDR_MARKER, ..VipMeta::default() };
+            dp.set_vip(&marker_key(a), &meta)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,34 @@
+//! The last step for every balanced packet: count it, then DR or tunnel.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{Ctrl, FlowKey, MODE_DR, Reason};
+
+use crate::{
+    counters, encap,
+    parse::Packet,
+    select::{self, Choice},
+};
+
+/// `flow` is the flow the packet belongs to (for ICMP errors: the quoted one),
+/// which decides the tunnel's outer source and UDP port. `mtu_check` is off for
+/// ICMP errors: an ICMP error must never be answered with another one.
+#[inline(always)]
+pub fn to_backend(
+    ctx: &XdpContext,
+    p: &Packet,
+    flow: &FlowKey,
+    vip_idx: u32,
+    c: &Choice,
+    ctrl: &Ctrl,
+    mtu_check: bool,
+) -> Result<Reason, Reason> {
+    let Some(b) = select::backend(c.id) else {
+        return Ok(Reason::DropNoBackend);
+    };
+    counters::traffic(vip_idx, c.id, p.ip_len as u64, c.new_conn);
+    if b.mode == MODE_DR {
+        encap::dr(ctx, b)
+    } else {
+        encap::tunnel(ctx, p, flow, b, ctrl, mtu_check)
+    }
+}

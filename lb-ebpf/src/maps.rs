@@ -1,0 +1,54 @@
+//! The data plane's maps. Types come from lb-common; capacities here are defaults
+//! that the loader overrides (`EbpfLoader::map_max_entries`).
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    Backend, Conn, Counters, Ctrl, DEFAULT_CONNS, DEFAULT_FRAGS, DEFAULT_MAX_BACKENDS,
+    DEFAULT_MAX_VIPS, DEFAULT_PERSIST, DEFAULT_RING_SIZE, FlowKey, FragKey, FragVal, PersistKey,
+    PersistVal, REASON_SLOTS, VipKey, VipMeta,
+};
+
+/// BPF_F_MMAPABLE: the daemon writes Maglev slots straight into the map's memory.
+const F_MMAPABLE: u32 = 1 << 10;
+
+/// (addr, port, proto) → VIP. Twice the VIP count: each address also has a marker entry.
+#[map]
+pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(DEFAULT_MAX_VIPS * 2, 0);
+
+/// Flat lookup tables: VIP `idx` owns slots `idx * ring_size .. (idx + 1) * ring_size`.
+#[map]
+pub static MAGLEV: Array<u32> =
+    Array::with_max_entries(DEFAULT_MAX_VIPS * DEFAULT_RING_SIZE, F_MMAPABLE);
+
+#[map]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+#[map]
+pub static CONNS: LruHashMap<FlowKey, Conn> = LruHashMap::with_max_entries(DEFAULT_CONNS, 0);
+
+#[map]
+pub static PERSIST: LruHashMap<PersistKey, PersistVal> =
+    LruHashMap::with_max_entries(DEFAULT_PERSIST, 0);
+
+#[map]
+pub static FRAGS: LruHashMap<FragKey, FragVal> = LruHashMap::with_max_entries(DEFAULT_FRAGS, 0);
+
+#[map]
+pub static CTRL: Array<Ctrl> = Array::with_max_entries(1, 0);
+
+/// Per-CPU position in each VIP's rr/wrr sequence.
+#[map]
+pub static RR_STATE: PerCpuArray<u32> = PerCpuArray::with_max_entries(DEFAULT_MAX_VIPS, 0);
+
+#[map]
+pub static VIP_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(DEFAULT_MAX_VIPS, 0);
+
+#[map]
+pub static BACKEND_STATS: PerCpuArray<Counters> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+#[map]
+pub static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_SLOTS, 0);
