@@ -14,9 +14,12 @@ fn main() -> anyhow::Result<()> {
     println!("cargo::rerun-if-env-changed=AYA_EBPF_TOOLCHAIN");
     println!("cargo::rerun-if-env-changed=LB_TOOLCHAIN_DIR");
     let toolchain = env::var("AYA_EBPF_TOOLCHAIN").unwrap_or_else(|_| DEFAULT_TOOLCHAIN.into());
-    let prefix = env::var_os("LB_TOOLCHAIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache/lb-toolchain")
-    });
+    let prefix = env::var_os("LB_TOOLCHAIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache/lb-toolchain")
+        });
     let linker = prefix.join("bin/bpf-linker");
     if !linker.exists() || env::var_os("AYA_BUILD_SKIP").is_none() && !runs(&linker) {
         let script = root.join("xtask/setup.sh");
@@ -27,7 +30,10 @@ fn main() -> anyhow::Result<()> {
             .status()
             .with_context(|| format!("running {}", script.display()))?;
         if !status.success() {
-            bail!("{} failed ({status}); run `cargo xtask setup` to see why", script.display());
+            bail!(
+                "{} failed ({status}); run `cargo xtask setup` to see why",
+                script.display()
+            );
         }
     }
     println!("cargo::rerun-if-changed={}", linker.display());
@@ -40,11 +46,18 @@ fn main() -> anyhow::Result<()> {
     let ebpf = root.join("lb-ebpf");
     let ebpf = ebpf.to_str().context("non-UTF-8 path")?;
     aya_build::build_ebpf(
-        [aya_build::Package { name: "lb-ebpf", root_dir: ebpf, ..Default::default() }],
+        [aya_build::Package {
+            name: "lb-ebpf",
+            root_dir: ebpf,
+            ..Default::default()
+        }],
         aya_build::Toolchain::Custom(&toolchain),
     )
 }
 
 fn runs(linker: &std::path::Path) -> bool {
-    Command::new(linker).arg("--version").output().is_ok_and(|o| o.status.success())
+    Command::new(linker)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }

@@ -71,8 +71,17 @@ pub mod map_names {
     pub const REASONS: &str = "REASONS";
     /// Every map of `xdp_lb`, for pinning.
     pub const ALL: &[&str] = &[
-        VIPS, MAGLEV, BACKENDS, CONNS, PERSIST, FRAGS, CTRL, RR_STATE, VIP_STATS,
-        BACKEND_STATS, REASONS,
+        VIPS,
+        MAGLEV,
+        BACKENDS,
+        CONNS,
+        PERSIST,
+        FRAGS,
+        CTRL,
+        RR_STATE,
+        VIP_STATS,
+        BACKEND_STATS,
+        REASONS,
     ];
 }
 

@@ -152,6 +152,9 @@ pub static GROUP_PCT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU3
 /// Internal knobs, so tests can check that every path gives the same table.
 #[derive(Clone, Copy, Debug)]
 struct Tuning {
+    /// Search turns side by side while more than this many slots are
+    /// empty (`None`: an eighth of the table).
+    lanes_until: Option<u32>,
     /// Switch from probing to the empty-slot scan when this many slots are
     /// left (`None`: about `sqrt(size)`).
     endgame_at: Option<u32>,
@@ -160,7 +163,11 @@ struct Tuning {
 
 impl Default for Tuning {
     fn default() -> Self {
-        Tuning { endgame_at: None, sched: Sched::Auto }
+        Tuning {
+            lanes_until: None,
+            endgame_at: None,
+            sched: Sched::Auto,
+        }
     }
 }
 
@@ -179,8 +186,7 @@ fn build_with(backends: &[MaglevBackend], size: u32, table: &mut Vec<u32>, tunin
     if size == 0 || set.is_empty() {
         return;
     }
-    let endgame_at = tuning.endgame_at.unwrap_or_else(|| size.isqrt().max(16));
-    let mut f = Filler::new(&set, size, table, endgame_at);
+    let mut f = Filler::new(&set, size, table, &tuning);
     let wmax = set.iter().map(|b| b.weight).max().unwrap_or(1) as u64;
     let wsum: u64 = set.iter().map(|b| b.weight as u64).sum();
     let sched = match tuning.sched {
@@ -215,8 +221,11 @@ fn build_with(backends: &[MaglevBackend], size: u32, table: &mut Vec<u32>, tunin
     // Turn k (1-based) of backend i comes in round ceil(k * wmax / w_i); within
     // a round, by index: exactly the order of the rounds above.
     let round = |k: u64, w: u32| (k as u128 * wmax as u128).div_ceil(w as u128) as u64;
-    let mut heap: BinaryHeap<Reverse<(u64, u32)>> =
-        set.iter().enumerate().map(|(i, b)| Reverse((round(1, b.weight), i as u32))).collect();
+    let mut heap: BinaryHeap<Reverse<(u64, u32)>> = set
+        .iter()
+        .enumerate()
+        .map(|(i, b)| Reverse((round(1, b.weight), i as u32)))
+        .collect();
     let mut turns = vec![0u64; set.len()];
     while let Some(Reverse((_, i))) = heap.pop() {
         let i = i as usize;
@@ -230,8 +239,11 @@ fn build_with(backends: &[MaglevBackend], size: u32, table: &mut Vec<u32>, tunin
 
 /// Backends with weight > 0 and a real id, sorted by id, duplicates merged.
 fn normalise(backends: &[MaglevBackend]) -> Vec<MaglevBackend> {
-    let mut v: Vec<MaglevBackend> =
-        backends.iter().filter(|b| b.weight > 0 && b.id != NO_BACKEND).copied().collect();
+    let mut v: Vec<MaglevBackend> = backends
+        .iter()
+        .filter(|b| b.weight > 0 && b.id != NO_BACKEND)
+        .copied()
+        .collect();
     v.sort_unstable_by_key(|b| b.id);
     v.dedup_by(|b, a| {
         if a.id == b.id {
@@ -244,18 +256,29 @@ fn normalise(backends: &[MaglevBackend]) -> Vec<MaglevBackend> {
     v
 }
 
+/// Turns searched side by side (see [`Filler::flush`]).
+const LANES: usize = 4;
+
 /// The table being filled, and every backend's place in its permutation.
+///
+/// Turns are queued and searched [`LANES`] at a time, which gives the same
+/// table as taking them one by one (see [`Filler::flush`]).
 struct Filler<'t> {
     table: &'t mut [u32],
     size: u32,
     /// Empty slots left.
     left: u32,
+    /// Turns queued so far, and the ones not searched yet.
+    issued: u32,
+    queue: [u32; LANES],
+    queued: usize,
     /// Probing phase: bit `s` set = slot `s` taken.
     taken: Vec<u64>,
+    /// Search queued turns side by side while more than this many slots are empty.
+    lanes_until: u32,
     /// Endgame: the empty slots (unordered), once `left <= endgame_at`.
     free: Vec<u32>,
     endgame_at: u32,
-    group_at: u32,
     /// Per backend: next slot of its permutation to look at, its skip, its
     /// id, and `skip⁻¹ mod size` (0 until needed).
     next: Vec<u32>,
@@ -267,7 +290,7 @@ struct Filler<'t> {
 }
 
 impl<'t> Filler<'t> {
-    fn new(set: &[MaglevBackend], size: u32, table: &'t mut [u32], endgame_at: u32) -> Self {
+    fn new(set: &[MaglevBackend], size: u32, table: &'t mut [u32], tuning: &Tuning) -> Self {
         let mut next = Vec::with_capacity(set.len());
         let mut skip = Vec::with_capacity(set.len());
         let prime = is_prime(size);
@@ -280,10 +303,13 @@ impl<'t> Filler<'t> {
             table,
             size,
             left: size,
+            issued: 0,
+            queue: [0; LANES],
+            queued: 0,
             taken: vec![0; (size as usize).div_ceil(64)],
+            lanes_until: tuning.lanes_until.unwrap_or(size / 8),
             free: Vec::new(),
-            endgame_at,
-            group_at: (size as u64 * GROUP_PCT.load(std::sync::atomic::Ordering::Relaxed) as u64 / 100) as u32,
+            endgame_at: tuning.endgame_at.unwrap_or_else(|| size.isqrt().max(16)),
             next,
             skip,
             id: set.iter().map(|b| b.id).collect(),
@@ -296,82 +322,133 @@ impl<'t> Filler<'t> {
         f
     }
 
-    /// Backend `i` takes its turn. Returns whether the table is now full.
+    /// Backend `i` takes the next turn. Returns whether the table is full
+    /// (there are exactly `size` turns).
     #[inline(always)]
     fn turn(&mut self, i: usize) -> bool {
-        if self.left > self.endgame_at {
-            if true {
-                self.probe(i);
-            } else {
-                self.probe_group(i);
+        self.queue[self.queued] = i as u32;
+        self.queued += 1;
+        self.issued += 1;
+        let full = self.issued == self.size;
+        if self.queued == LANES || full {
+            self.flush();
+        }
+        full
+    }
+
+    /// Takes the queued turns.
+    ///
+    /// While the table is not too full, the queued backends search their
+    /// permutations side by side, without branching on what each probe finds,
+    /// so there is one unpredictable branch per [`LANES`] turns instead of
+    /// one or two per turn. The claims are then made in turn order; a claim
+    /// stands if its slot is still empty and its backend was not already
+    /// earlier in the queue: the slots before it in the backend's permutation
+    /// were taken when it searched, and slots never become empty again, so
+    /// it is what a search at its turn would have found. Otherwise that turn
+    /// searches again, alone.
+    #[inline(always)]
+    fn flush(&mut self) {
+        let n = self.queued;
+        self.queued = 0;
+        if n < LANES || self.left < self.lanes_until || self.left - self.endgame_at < LANES as u32 {
+            for k in 0..n {
+                self.single(self.queue[k] as usize);
             }
+            return;
+        }
+        let q = self.queue.map(|i| i as usize);
+        let mut pos = q.map(|i| self.next[i]);
+        let skip = q.map(|i| self.skip[i]);
+        let lim = skip.map(|s| self.size - s);
+        loop {
+            let mut any = 0;
+            for k in 0..LANES {
+                let t = self.bit(pos[k]);
+                any |= t;
+                let adv = if pos[k] >= lim[k] {
+                    pos[k] - lim[k]
+                } else {
+                    pos[k] + skip[k]
+                };
+                pos[k] = if t != 0 { adv } else { pos[k] };
+            }
+            if any == 0 {
+                break;
+            }
+        }
+        for k in 0..LANES {
+            let i = q[k];
+            if self.bit(pos[k]) == 0 && !q[..k].contains(&i) {
+                self.claim(i, pos[k]);
+            } else {
+                self.probe(i);
+            }
+        }
+        if self.left == self.endgame_at {
+            self.start_endgame();
+        }
+    }
+
+    /// One turn for backend `i`, alone.
+    #[inline(always)]
+    fn single(&mut self, i: usize) {
+        if self.left > self.endgame_at {
+            self.probe(i);
             if self.left == self.endgame_at {
                 self.start_endgame();
             }
         } else {
             self.scan(i);
         }
-        self.left == 0
     }
 
     #[inline(always)]
-    fn probe(&mut self, i: usize) {
-        let skip = self.skip[i];
-        // pos + skip wraps iff pos >= size - skip (no u32 overflow).
-        let lim = self.size - skip;
-        let mut pos = self.next[i];
-        while (self.taken[(pos >> 6) as usize] >> (pos & 63)) & 1 != 0 {
-            pos = if pos >= lim { pos - lim } else { pos + skip };
-        }
-        self.taken[(pos >> 6) as usize] |= 1 << (pos & 63);
-        if GROUP_PCT.load(std::sync::atomic::Ordering::Relaxed) == 1 { self.table[pos as usize] = self.id[i]; }
-        self.next[i] = if pos >= lim { pos - lim } else { pos + skip };
-        self.left -= 1;
+    fn bit(&self, p: u32) -> u64 {
+        (self.taken[(p >> 6) as usize] >> (p & 63)) & 1
     }
 
+    /// Backend `i` takes empty slot `pos` (probing phase).
     #[inline(always)]
-    fn add_mod(&self, a: u32, b: u32) -> u32 {
-        let lim = self.size - b;
-        if a >= lim { a - lim } else { a + b }
-    }
-
-    #[inline(always)]
-    fn bit(&self, p: u32) -> u32 {
-        ((self.taken[(p >> 6) as usize] >> (p & 63)) & 1) as u32
-    }
-
-    #[inline(always)]
-    fn probe_group(&mut self, i: usize) {
-        let s1 = self.skip[i];
-        let s2 = self.add_mod(s1, s1);
-        let s4 = self.add_mod(s2, s2);
-        let s8 = self.add_mod(s4, s4);
-        let mut pos = self.next[i];
-        let found = loop {
-            let p0 = pos;
-            let p1 = self.add_mod(p0, s1);
-            let p2 = self.add_mod(p0, s2);
-            let p3 = self.add_mod(p1, s2);
-            let p4 = self.add_mod(p0, s4);
-            let p5 = self.add_mod(p1, s4);
-            let p6 = self.add_mod(p2, s4);
-            let p7 = self.add_mod(p3, s4);
-            let ps = [p0, p1, p2, p3, p4, p5, p6, p7];
-            let mut taken = 0u32;
-            for (k, &p) in ps.iter().enumerate() {
-                taken |= self.bit(p) << k;
-            }
-            let free = !taken & 0xff;
-            if free != 0 {
-                break ps[free.trailing_zeros() as usize];
-            }
-            pos = self.add_mod(p0, s8);
-        };
-        let pos = found;
+    fn claim(&mut self, i: usize, pos: u32) {
         self.taken[(pos >> 6) as usize] |= 1 << (pos & 63);
         self.table[pos as usize] = self.id[i];
-        self.next[i] = self.add_mod(pos, s1);
+        let lim = self.size - self.skip[i];
+        self.next[i] = if pos >= lim {
+            pos - lim
+        } else {
+            pos + self.skip[i]
+        };
         self.left -= 1;
+    }
+
+    /// Backend `i` walks its permutation to the first empty slot and takes it.
+    #[inline(always)]
+    fn probe(&mut self, i: usize) {
+        // Two interleaved walks (even and odd steps) halve the dependency
+        // chain of the position arithmetic. `p + s` wraps iff `p >= size - s`,
+        // which needs no wider integer.
+        let skip = self.skip[i];
+        let skip2 = if skip >= self.size - skip {
+            skip - (self.size - skip)
+        } else {
+            skip + skip
+        };
+        let lim = self.size - skip;
+        let lim2 = self.size - skip2;
+        let mut a = self.next[i];
+        let mut b = if a >= lim { a - lim } else { a + skip };
+        let pos = loop {
+            if self.bit(a) == 0 {
+                break a;
+            }
+            if self.bit(b) == 0 {
+                break b;
+            }
+            a = if a >= lim2 { a - lim2 } else { a + skip2 };
+            b = if b >= lim2 { b - lim2 } else { b + skip2 };
+        };
+        self.claim(i, pos);
     }
 
     #[cold]
@@ -391,10 +468,11 @@ impl<'t> Filler<'t> {
         debug_assert_eq!(self.free.len() as u32, self.left);
     }
 
-    /// Claims the empty slot that backend `i` reaches in the fewest steps.
+    /// Endgame turn: claims the empty slot that backend `i` reaches in the
+    /// fewest steps, i.e. the one probing would find.
     fn scan(&mut self, i: usize) {
         let size = self.size;
-        let inv = if self.size == 1 {
+        let inv = if size == 1 {
             0
         } else {
             if self.inv[i] == 0 {
@@ -406,8 +484,13 @@ impl<'t> Filler<'t> {
         let (m, r) = (size as u64, self.barrett);
         let mut best = (u64::MAX, 0usize);
         for (k, &s) in self.free.iter().enumerate() {
-            let d = if s >= base { s - base } else { s + (size - base) } as u64;
-            // steps = d * inv mod m; d, inv < m < 2^32.
+            let d = if s >= base {
+                s - base
+            } else {
+                s + (size - base)
+            } as u64;
+            // steps = d * inv mod m (d, inv < m <= 2^32): Barrett reduction,
+            // q is floor(x / m) or one less.
             let x = d * inv;
             let q = ((x as u128 * r as u128) >> 64) as u64;
             let mut steps = x - q * m;
@@ -421,7 +504,11 @@ impl<'t> Filler<'t> {
         let pos = self.free.swap_remove(best.1);
         self.table[pos as usize] = self.id[i];
         let lim = size - self.skip[i];
-        self.next[i] = if pos >= lim { pos - lim } else { pos + self.skip[i] };
+        self.next[i] = if pos >= lim {
+            pos - lim
+        } else {
+            pos + self.skip[i]
+        };
         self.left -= 1;
     }
 }
@@ -435,18 +522,21 @@ mod tests {
     fn timing() {
         for n in [100u32, 1000] {
             let bs: Vec<_> = (1..=n).map(|id| MaglevBackend { id, weight: 1 }).collect();
-            for gp in [1, 2] {
-            GROUP_PCT.store(gp, std::sync::atomic::Ordering::Relaxed);
-            let at = None;
+            for lu in [65537, 32768, 16384, 8192, 6553, 4096, 2048, 1024, 512] {
+                let tuning = Tuning {
+                    lanes_until: Some(lu),
+                    endgame_at: None,
+                    sched: Sched::Auto,
+                };
                 let mut t = Vec::new();
                 let mut times = Vec::new();
                 for _ in 0..200 {
                     let s = Instant::now();
-                    build_with(&bs, 65537, &mut t, Tuning { endgame_at: at, sched: Sched::Auto });
+                    build_with(&bs, 65537, &mut t, tuning);
                     times.push(s.elapsed());
                 }
                 times.sort();
-                println!("n={n} gp={gp:?} min={:?} med={:?}", times[0], times[100]);
+                println!("n={n} lu={lu:?} min={:?} med={:?}", times[0], times[100]);
             }
         }
     }

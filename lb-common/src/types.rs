@@ -189,11 +189,18 @@ pub struct Counters {
 }
 assert_size!(Counters, 32);
 
-pod!(VipKey, VipMeta, Backend, FlowKey, Conn, PersistKey, PersistVal, FragKey, FragVal, Ctrl, Counters);
+pod!(
+    VipKey, VipMeta, Backend, FlowKey, Conn, PersistKey, PersistVal, FragKey, FragVal, Ctrl,
+    Counters
+);
 
 impl FlowKey {
     /// Key with addresses reduced to a family-independent form (used for `sh`).
     pub fn src_only(&self) -> FlowKey {
-        FlowKey { src: self.src, family: self.family, ..FlowKey::default() }
+        FlowKey {
+            src: self.src,
+            family: self.family,
+            ..FlowKey::default()
+        }
     }
 }

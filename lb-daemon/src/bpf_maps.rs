@@ -32,10 +32,11 @@ unsafe impl Send for SlotMem {}
 unsafe impl Sync for SlotMem {}
 
 impl SlotMem {
-    fn new(map: &MapData, entries: u32) -> Result<Self> {
-        let len = entries as usize;
+    /// `slots` u32 slots, stored two per (8-byte) array element.
+    fn new(map: &MapData, slots: u32) -> Result<Self> {
+        let len = slots as usize;
         let page = 4096;
-        let map_len = (len * 4).div_ceil(page) * page;
+        let map_len = (len.div_ceil(2) * 8).div_ceil(page) * page;
         let fd = map.fd().as_fd();
         use std::os::fd::AsRawFd as _;
         // SAFETY: mapping a BPF array fd read/write shared, as the kernel documents for
@@ -53,7 +54,11 @@ impl SlotMem {
         if p == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error()).context("mmap of MAGLEV");
         }
-        Ok(SlotMem { ptr: NonNull::new(p.cast()).context("mmap returned null")?, len, map_len })
+        Ok(SlotMem {
+            ptr: NonNull::new(p.cast()).context("mmap returned null")?,
+            len,
+            map_len,
+        })
     }
 
     fn slots(&self) -> &[AtomicU32] {
@@ -88,7 +93,8 @@ pub struct DataPlane {
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
-    ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the object"))
+    ebpf.take_map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the object"))
 }
 
 impl DataPlane {
@@ -96,7 +102,9 @@ impl DataPlane {
     /// out of `ebpf` (loading relocates the map fds into the programs).
     pub fn new(mut ebpf: Ebpf, cap: Capacity) -> Result<Self> {
         for name in PROGRAMS {
-            let p = ebpf.program_mut(name).ok_or_else(|| anyhow!("no program {name}"))?;
+            let p = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("no program {name}"))?;
             let x: &mut Xdp = p.try_into()?;
             x.load().with_context(|| format!("verifying {name}"))?;
         }
@@ -126,16 +134,21 @@ impl DataPlane {
     pub fn load(cap: &Capacity) -> Result<Self> {
         let ebpf = crate::loader::load(cap, None)?;
         let mut dp = Self::new(ebpf, cap.clone())?;
-        dp.set_ctrl(&Ctrl { ring_size: cap.ring_size, ..Ctrl::default() })?;
+        dp.set_ctrl(&Ctrl {
+            ring_size: cap.ring_size,
+            ..Ctrl::default()
+        })?;
         Ok(dp)
     }
 
     pub fn program(&mut self, name: &str) -> Result<&mut Xdp> {
-        let p = self.ebpf.program_mut(name).ok_or_else(|| anyhow!("no program {name}"))?;
+        let p = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("no program {name}"))?;
         let x: &mut Xdp = p.try_into()?;
         Ok(x)
     }
-
 
     /// Attaches `xdp_lb` to an interface: native mode, else generic mode with a warning.
     pub fn attach(&mut self, ifname: &str) -> Result<&'static str> {
@@ -179,7 +192,9 @@ impl DataPlane {
     }
 
     pub fn set_backend(&mut self, id: u32, b: &Backend) -> Result<()> {
-        self.backends.set(id, b, 0).with_context(|| format!("writing BACKENDS[{id}]"))
+        self.backends
+            .set(id, b, 0)
+            .with_context(|| format!("writing BACKENDS[{id}]"))
     }
 
     pub fn backend(&self, id: u32) -> Result<Backend> {
@@ -188,7 +203,10 @@ impl DataPlane {
 
     /// The current contents of VIP `idx`'s lookup table.
     pub fn table(&self, idx: u32) -> Vec<u32> {
-        self.table_slots(idx).iter().map(|s| s.load(Ordering::Relaxed)).collect()
+        self.table_slots(idx)
+            .iter()
+            .map(|s| s.load(Ordering::Relaxed))
+            .collect()
     }
 
     fn table_slots(&self, idx: u32) -> &[AtomicU32] {

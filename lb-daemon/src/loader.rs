@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result, bail};
 use aya::{Ebpf, EbpfLoader};
 use lb_common::{
     DEFAULT_CONNS, DEFAULT_FRAGS, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_VIPS, DEFAULT_PERSIST,
-    DEFAULT_RING_SIZE, map_names as m, maglev::is_prime,
+    DEFAULT_RING_SIZE, maglev::is_prime, map_names as m,
 };
 
 use crate::EBPF_OBJECT;
@@ -39,7 +39,12 @@ impl Default for Capacity {
 impl Capacity {
     /// Small tables for tests and benchmarks: loads in milliseconds.
     pub fn small() -> Self {
-        Capacity { max_vips: 16, max_backends: 256, conn_table: 65536, ..Self::default() }
+        Capacity {
+            max_vips: 16,
+            max_backends: 256,
+            conn_table: 65536,
+            ..Self::default()
+        }
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -65,13 +70,18 @@ impl Capacity {
     }
 }
 
+/// MAGLEV holds two u32 slots per element.
+pub fn maglev_elements(cap: &Capacity) -> u32 {
+    (cap.max_vips * cap.ring_size).div_ceil(2)
+}
+
 /// Loads the programs and creates (or, with `pin_dir`, adopts) the maps.
 pub fn load(cap: &Capacity, pin_dir: Option<&PathBuf>) -> Result<Ebpf> {
     cap.validate()?;
     let mut loader = EbpfLoader::new();
     loader
         .map_max_entries(m::VIPS, cap.max_vips * 2)
-        .map_max_entries(m::MAGLEV, cap.max_vips * cap.ring_size)
+        .map_max_entries(m::MAGLEV, maglev_elements(cap))
         .map_max_entries(m::BACKENDS, cap.max_backends)
         .map_max_entries(m::CONNS, cap.conn_table)
         .map_max_entries(m::PERSIST, cap.persist_table)

@@ -115,7 +115,11 @@ pub struct Mac(pub [u8; 6]);
 impl fmt::Display for Mac {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
     }
 }
 
@@ -166,7 +170,11 @@ pub struct Service {
 
 impl Service {
     pub fn id(&self) -> ServiceId {
-        ServiceId { address: self.address, port: self.port, proto: self.proto }
+        ServiceId {
+            address: self.address,
+            port: self.port,
+            proto: self.proto,
+        }
     }
 }
 
@@ -246,10 +254,17 @@ impl State {
             }
         }
         if self.services.len() as u32 > max_vips {
-            bail!("services: {} exceed capacity.max_vips {}", self.services.len(), max_vips);
+            bail!(
+                "services: {} exceed capacity.max_vips {}",
+                self.services.len(),
+                max_vips
+            );
         }
         if backend_count >= max_backends {
-            bail!("backends: {backend_count} exceed capacity.max_backends {}", max_backends - 1);
+            bail!(
+                "backends: {backend_count} exceed capacity.max_backends {}",
+                max_backends - 1
+            );
         }
         if let Some(p) = self.tunnel.source_v4_prefix {
             if p > 32 {

@@ -46,7 +46,12 @@ pub struct Projector {
 
 pub fn vip_key(addr: IpAddr, port: u16, proto: u8) -> VipKey {
     let (a, family) = addr_bytes(addr);
-    VipKey { addr: a, port: port.to_be(), proto, family }
+    VipKey {
+        addr: a,
+        port: port.to_be(),
+        proto,
+        family,
+    }
 }
 
 pub fn addr_bytes(addr: IpAddr) -> ([u8; 16], u8) {
@@ -65,7 +70,11 @@ fn marker_key(addr: IpAddr) -> VipKey {
 }
 
 pub fn ctrl_for(t: &Tunnel, ring_size: u32, conn_timeout_secs: u32) -> Ctrl {
-    let mut c = Ctrl { ring_size, conn_timeout_secs, ..Ctrl::default() };
+    let mut c = Ctrl {
+        ring_size,
+        conn_timeout_secs,
+        ..Ctrl::default()
+    };
     if let Some(m) = t.mtu {
         c.mtu = m;
     }
@@ -89,12 +98,19 @@ pub fn table_for(svc: &Service, ids: &BTreeMap<IpAddr, u32>, ring: u32) -> (Vec<
     let members: Vec<MaglevBackend> = svc
         .backends
         .iter()
-        .map(|r| MaglevBackend { id: ids[&r.address], weight: r.weight })
+        .map(|r| MaglevBackend {
+            id: ids[&r.address],
+            weight: r.weight,
+        })
         .collect();
     match svc.scheduler {
         Scheduler::Mh | Scheduler::Sh => (maglev::build(&members, ring), 0),
         Scheduler::Rr => {
-            let live: Vec<u32> = members.iter().filter(|m| m.weight > 0).map(|m| m.id).collect();
+            let live: Vec<u32> = members
+                .iter()
+                .filter(|m| m.weight > 0)
+                .map(|m| m.id)
+                .collect();
             let seq = sequence::rr_sequence(&live);
             let n = seq.len() as u32;
             (seq, n)
@@ -120,7 +136,9 @@ impl Projector {
 
     /// The backend id of a real server of a service, if installed.
     pub fn backend_id(&self, svc: &ServiceId, real: IpAddr) -> Option<u32> {
-        self.installed.get(svc).and_then(|i| i.ids.get(&real).copied())
+        self.installed
+            .get(svc)
+            .and_then(|i| i.ids.get(&real).copied())
     }
 
     pub fn vip_idx(&self, svc: &ServiceId) -> Option<u32> {
@@ -134,7 +152,11 @@ impl Projector {
         for s in &desired.services {
             for r in &s.backends {
                 if r.mac.is_none() {
-                    bail!("service {}: real server {} has no resolved MAC", s.id(), r.address);
+                    bail!(
+                        "service {}: real server {} has no resolved MAC",
+                        s.id(),
+                        r.address
+                    );
                 }
             }
         }
@@ -148,8 +170,12 @@ impl Projector {
         let wanted: BTreeMap<ServiceId, &Service> =
             desired.services.iter().map(|s| (s.id(), s)).collect();
         // Removals first: frees indexes and ids for the additions.
-        let gone: Vec<ServiceId> =
-            self.installed.keys().filter(|k| !wanted.contains_key(k)).copied().collect();
+        let gone: Vec<ServiceId> = self
+            .installed
+            .keys()
+            .filter(|k| !wanted.contains_key(k))
+            .copied()
+            .collect();
         for id in gone {
             let inst = self.installed.remove(&id).expect("installed");
             dp.remove_vip(&vip_key(id.address, id.port, id.proto.number()))?;
@@ -232,7 +258,14 @@ impl Projector {
             } else {
                 report.services_added += 1;
             }
-            self.installed.insert(*id, Installed { svc: (*svc).clone(), idx, ids });
+            self.installed.insert(
+                *id,
+                Installed {
+                    svc: (*svc).clone(),
+                    idx,
+                    ids,
+                },
+            );
         }
         self.sync_markers(dp)?;
         Ok(report)
@@ -255,7 +288,10 @@ impl Projector {
             }
         }
         for a in want {
-            let meta = VipMeta { flags: VIP_F_ADDR_MARKER, ..VipMeta::default() };
+            let meta = VipMeta {
+                flags: VIP_F_ADDR_MARKER,
+                ..VipMeta::default()
+            };
             dp.set_vip(&marker_key(a), &meta)?;
         }
         Ok(())

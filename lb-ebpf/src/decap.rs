@@ -3,8 +3,8 @@
 //! direct IP payload) and passes the inner packet to the kernel.
 
 use aya_ebpf::{
-    bindings::xdp_action::XDP_PASS, helpers::bpf_xdp_adjust_head, macros::map, maps::PerCpuArray,
-    maps::Array, programs::XdpContext,
+    bindings::xdp_action::XDP_PASS, helpers::bpf_xdp_adjust_head, macros::map, maps::Array,
+    maps::PerCpuArray, programs::XdpContext,
 };
 use lb_common::{DEFAULT_GUE_PORT, PROTO_IPIP, PROTO_IPV6, PROTO_UDP};
 

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, CTRL_F_SRC_FROM_FLOW, Ctrl, FAMILY_V4, ICMP_QUOTE_LEN, IPV4_HDR_LEN, IPV6_HDR_LEN,
-    MODE_TUN_GUE, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP, PROTO_IPV6, PROTO_UDP, Reason,
-    UDP_HDR_LEN, hash::flow_hash,
+    MODE_TUN_GUE, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP, PROTO_IPV6, PROTO_UDP, Reason, UDP_HDR_LEN,
+    hash::flow_hash,
 };
 
 use crate::{
@@ -32,8 +32,16 @@ pub fn dr(ctx: &XdpContext, b: &Backend) -> Result<Reason, Reason> {
 
 #[inline(always)]
 fn overhead(b: &Backend) -> usize {
-    let ip = if b.family == FAMILY_V4 { IPV4_HDR_LEN } else { IPV6_HDR_LEN };
-    if b.mode == MODE_TUN_GUE { ip + UDP_HDR_LEN } else { ip }
+    let ip = if b.family == FAMILY_V4 {
+        IPV4_HDR_LEN
+    } else {
+        IPV6_HDR_LEN
+    };
+    if b.mode == MODE_TUN_GUE {
+        ip + UDP_HDR_LEN
+    } else {
+        ip
+    }
 }
 
 /// Moves the L2 header (with its VLAN tag, if any) from `from` to the new packet start,
@@ -123,7 +131,11 @@ pub fn tunnel(
     let tos = {
         let b0: *const [u8; 2] = ptr_at(ctx, l3_off)?;
         let b0 = unsafe { *b0 };
-        if p.flow.family == FAMILY_V4 { b0[1] } else { (b0[0] << 4) | (b0[1] >> 4) }
+        if p.flow.family == FAMILY_V4 {
+            b0[1]
+        } else {
+            (b0[0] << 4) | (b0[1] >> 4)
+        }
     };
     let hash = flow_hash(flow);
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(oh as i32)) } != 0 {
@@ -137,7 +149,13 @@ pub fn tunnel(
         let proto = if gue { PROTO_UDP } else { PROTO_IPIP };
         let mut dst = [0u8; 4];
         dst.copy_from_slice(&b.addr[..4]);
-        let h = ipv4_header((inner_len + oh) as u16, tos, proto, &outer_src_v4(ctrl, hash), &dst);
+        let h = ipv4_header(
+            (inner_len + oh) as u16,
+            tos,
+            proto,
+            &outer_src_v4(ctrl, hash),
+            &dst,
+        );
         let out: *mut [u8; 20] = ptr_at(ctx, ip_off)?;
         unsafe { *out = h };
         (proto, ip_off + IPV4_HDR_LEN)
@@ -154,7 +172,12 @@ pub fn tunnel(
         let out = unsafe { &mut *out };
         // Flow label from the flow hash (RFC 6438), so ECMP/RSS can spread tunnels.
         let fl = hash & 0x000f_ffff;
-        out.vcf = [0x60 | (tos >> 4), (tos << 4) | (fl >> 16) as u8, (fl >> 8) as u8, fl as u8];
+        out.vcf = [
+            0x60 | (tos >> 4),
+            (tos << 4) | (fl >> 16) as u8,
+            (fl >> 8) as u8,
+            fl as u8,
+        ];
         out.payload_len = ((inner_len + oh - IPV6_HDR_LEN) as u16).to_be_bytes();
         out.next = proto;
         out.hop = TTL;
@@ -179,7 +202,11 @@ pub fn tunnel(
 fn too_big(ctx: &XdpContext, p: &Packet, mtu: usize) -> Result<Reason, Reason> {
     let l3_off = p.l3_off;
     let v4 = p.flow.family == FAMILY_V4;
-    let new_hdrs = if v4 { IPV4_HDR_LEN + 8 } else { IPV6_HDR_LEN + 8 };
+    let new_hdrs = if v4 {
+        IPV4_HDR_LEN + 8
+    } else {
+        IPV6_HDR_LEN + 8
+    };
     let keep = l3_off + ICMP_QUOTE_LEN;
     let cur = ctx.data_end() - ctx.data();
     if cur < keep {
@@ -213,7 +240,15 @@ fn too_big(ctx: &XdpContext, p: &Packet, mtu: usize) -> Result<Reason, Reason> {
     // Sum of the ICMP message (header + quote) by the kernel's csum_diff, which sums
     // native-endian words: swap it to our big-endian arithmetic.
     let msg_len = 8 + ICMP_QUOTE_LEN;
-    let raw = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, icmp as *mut u32, msg_len as u32, 0) };
+    let raw = unsafe {
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            icmp as *mut u32,
+            msg_len as u32,
+            0,
+        )
+    };
     if raw < 0 {
         return Err(Reason::DropInternal);
     }
@@ -225,13 +260,20 @@ fn too_big(ctx: &XdpContext, p: &Packet, mtu: usize) -> Result<Reason, Reason> {
         let mut vip = [0u8; 4];
         client.copy_from_slice(&q[12..16]);
         vip.copy_from_slice(&q[16..20]);
-        let h = ipv4_header((IPV4_HDR_LEN + msg_len) as u16, 0, PROTO_ICMP, &vip, &client);
+        let h = ipv4_header(
+            (IPV4_HDR_LEN + msg_len) as u16,
+            0,
+            PROTO_ICMP,
+            &vip,
+            &client,
+        );
         let out: *mut [u8; 20] = ptr_at(ctx, l3_off)?;
         unsafe { *out = h };
     } else {
         let q: *const Ipv6Hdr = ptr_at(ctx, quote_off)?;
         let (client, vip) = unsafe { ((*q).src, (*q).dst) };
-        sum += csum::sum_bytes(&client) + csum::sum_bytes(&vip) + msg_len as u64 + PROTO_ICMPV6 as u64;
+        sum +=
+            csum::sum_bytes(&client) + csum::sum_bytes(&vip) + msg_len as u64 + PROTO_ICMPV6 as u64;
         let out: *mut Ipv6Hdr = ptr_at(ctx, l3_off)?;
         let out = unsafe { &mut *out };
         out.vcf = [0x60, 0, 0, 0];

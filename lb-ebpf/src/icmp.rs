@@ -30,7 +30,11 @@ pub fn handle(ctx: &XdpContext, p: &Packet, ctrl: &Ctrl) -> Result<Reason, Reaso
     let hdr: *mut [u8; 4] = ptr_at(ctx, p.l4_off)?;
     let ty = unsafe { (*hdr)[0] };
     let fam = p.flow.family;
-    let request = if fam == FAMILY_V4 { ECHO_REQUEST_V4 } else { ECHO_REQUEST_V6 };
+    let request = if fam == FAMILY_V4 {
+        ECHO_REQUEST_V4
+    } else {
+        ECHO_REQUEST_V6
+    };
     if ty == request {
         if !select::vip_addr_known(&p.flow) {
             return Ok(Reason::PassNotVip);
@@ -43,11 +47,19 @@ pub fn handle(ctx: &XdpContext, p: &Packet, ctrl: &Ctrl) -> Result<Reason, Reaso
             if let Some(vip) = select::vip(&flow) {
                 let choice = select::choose(&flow, vip, ctrl, 0, false)?;
                 let r = forward::to_backend(ctx, p, &flow, vip.idx, &choice, ctrl, false)?;
-                return Ok(if r == Reason::TxIcmpTooBig { r } else { Reason::TxIcmpErrorFwd });
+                return Ok(if r == Reason::TxIcmpTooBig {
+                    r
+                } else {
+                    Reason::TxIcmpErrorFwd
+                });
             }
         }
     }
-    Ok(if select::vip_addr_known(&p.flow) { Reason::PassIcmpOther } else { Reason::PassNotVip })
+    Ok(if select::vip_addr_known(&p.flow) {
+        Reason::PassIcmpOther
+    } else {
+        Reason::PassNotVip
+    })
 }
 
 /// Echo reply in place: swap addresses (the IP checksum is unchanged by a swap),

@@ -54,11 +54,13 @@ fn try_lb(ctx: &XdpContext) -> Result<Reason, Reason> {
                 if !select::vip_addr_known(&p.flow) {
                     return Ok(Reason::PassNotVip);
                 }
-                return Ok(if is_ipv6_ext(proto) && p.flow.family == lb_common::FAMILY_V6 {
-                    Reason::PassUnsupportedExt
-                } else {
-                    Reason::PassUnsupportedProto
-                });
+                return Ok(
+                    if is_ipv6_ext(proto) && p.flow.family == lb_common::FAMILY_V6 {
+                        Reason::PassUnsupportedExt
+                    } else {
+                        Reason::PassUnsupportedProto
+                    },
+                );
             }
         }
     }
@@ -73,7 +75,10 @@ fn try_lb(ctx: &XdpContext) -> Result<Reason, Reason> {
         // Later fragments carry no ports: remember where this datagram went.
         let _ = FRAGS.insert(
             &frag_key(&p),
-            &lb_common::FragVal { backend: choice.id, vip_idx: vip.idx },
+            &lb_common::FragVal {
+                backend: choice.id,
+                vip_idx: vip.idx,
+            },
             0,
         );
     }
@@ -105,7 +110,10 @@ fn later_fragment(
             Reason::PassNotVip
         });
     };
-    let choice = select::Choice { id: f.backend, new_conn: false };
+    let choice = select::Choice {
+        id: f.backend,
+        new_conn: false,
+    };
     forward::to_backend(ctx, p, &p.flow, f.vip_idx, &choice, ctrl, true)
 }
 

@@ -19,9 +19,11 @@ const F_MMAPABLE: u32 = 1 << 10;
 pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(DEFAULT_MAX_VIPS * 2, 0);
 
 /// Flat lookup tables: VIP `idx` owns slots `idx * ring_size .. (idx + 1) * ring_size`.
+/// Two slots per element: array elements are 8-byte aligned, so `[u32; 2]` makes the
+/// mmap'ed memory one dense `u32` array for the daemon.
 #[map]
-pub static MAGLEV: Array<u32> =
-    Array::with_max_entries(DEFAULT_MAX_VIPS * DEFAULT_RING_SIZE, F_MMAPABLE);
+pub static MAGLEV: Array<[u32; 2]> =
+    Array::with_max_entries(DEFAULT_MAX_VIPS * DEFAULT_RING_SIZE / 2 + 1, F_MMAPABLE);
 
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);

@@ -125,7 +125,11 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
         p.flow.dst[..4].copy_from_slice(&ip.dst);
         let frag = be16(&ip.frag);
         if frag & 0x3fff != 0 {
-            p.frag = if frag & 0x1fff == 0 { FRAG_FIRST } else { FRAG_LATER };
+            p.frag = if frag & 0x1fff == 0 {
+                FRAG_FIRST
+            } else {
+                FRAG_LATER
+            };
             p.frag_id = u16::from_ne_bytes(ip.id) as u32;
         }
     } else if ty == ETH_P_IPV6 {
@@ -189,7 +193,10 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
 /// `off` is the offset of the quoted (inner) IP header.
 #[inline(always)]
 pub fn quoted_flow(ctx: &XdpContext, off: usize, family: u8) -> Result<FlowKey, Reason> {
-    let mut f = FlowKey { family, ..FlowKey::default() };
+    let mut f = FlowKey {
+        family,
+        ..FlowKey::default()
+    };
     let l4 = if family == FAMILY_V4 {
         let ip: *const Ipv4 = ptr_at(ctx, off)?;
         let ip = unsafe { &*ip };

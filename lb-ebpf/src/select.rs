@@ -17,7 +17,12 @@ const TCP_ACK: u8 = 0x10;
 /// VIP lookup: exact (addr, port, proto), then the address's wildcard-port service.
 #[inline(always)]
 pub fn vip(flow: &FlowKey) -> Option<&'static VipMeta> {
-    let mut key = VipKey { addr: flow.dst, port: flow.dport, proto: flow.proto, family: flow.family };
+    let mut key = VipKey {
+        addr: flow.dst,
+        port: flow.dport,
+        proto: flow.proto,
+        family: flow.family,
+    };
     if let Some(m) = unsafe { VIPS.get(&key) } {
         return Some(m);
     }
@@ -28,7 +33,12 @@ pub fn vip(flow: &FlowKey) -> Option<&'static VipMeta> {
 /// Whether some VIP lives on the flow's destination address (the marker entry).
 #[inline(always)]
 pub fn vip_addr_known(flow: &FlowKey) -> bool {
-    let key = VipKey { addr: flow.dst, port: 0, proto: 0, family: flow.family };
+    let key = VipKey {
+        addr: flow.dst,
+        port: 0,
+        proto: 0,
+        family: flow.family,
+    };
     unsafe { VIPS.get(&key) }.is_some()
 }
 
@@ -72,7 +82,10 @@ pub fn choose(
                 if tcp_flags & TCP_ACK != 0 && c.flags & CONN_F_ACK_SEEN == 0 {
                     c.flags |= CONN_F_ACK_SEEN;
                 }
-                return Ok(Choice { id: c.backend, new_conn: false });
+                return Ok(Choice {
+                    id: c.backend,
+                    new_conn: false,
+                });
             }
         }
     }
@@ -88,7 +101,13 @@ pub fn choose(
         if tcp_flags & TCP_ACK != 0 {
             flags |= CONN_F_ACK_SEEN;
         }
-        let conn = Conn { backend: id, flags, last_seen_ns: now, vip_idx: vip.idx, _pad: 0 };
+        let conn = Conn {
+            backend: id,
+            flags,
+            last_seen_ns: now,
+            vip_idx: vip.idx,
+            _pad: 0,
+        };
         let _ = CONNS.insert(flow, &conn, 0);
     }
     Ok(Choice { id, new_conn: true })
@@ -104,7 +123,10 @@ fn persistent_or_scheduled(
     if vip.persist_secs == 0 {
         return schedule(flow, vip, ctrl);
     }
-    let key = PersistKey { client: flow.src, vip_idx: vip.idx };
+    let key = PersistKey {
+        client: flow.src,
+        vip_idx: vip.idx,
+    };
     let ttl = vip.persist_secs as u64 * NS;
     if let Some(t) = PERSIST.get_ptr_mut(&key) {
         let t = unsafe { &mut *t };
@@ -114,7 +136,15 @@ fn persistent_or_scheduled(
         }
     }
     let id = schedule(flow, vip, ctrl)?;
-    let _ = PERSIST.insert(&key, &PersistVal { backend: id, _pad: 0, expires_ns: now + ttl }, 0);
+    let _ = PERSIST.insert(
+        &key,
+        &PersistVal {
+            backend: id,
+            _pad: 0,
+            expires_ns: now + ttl,
+        },
+        0,
+    );
     Ok(id)
 }
 
@@ -136,8 +166,12 @@ fn schedule(flow: &FlowKey, vip: &VipMeta, ctrl: &Ctrl) -> Result<u32, Reason> {
     } else {
         slot(flow_hash(flow), ring)
     };
-    match MAGLEV.get(vip.idx * ring + pos) {
-        Some(&id) if id != NO_BACKEND => Ok(id),
-        _ => Err(Reason::DropNoBackend),
+    let flat = vip.idx * ring + pos;
+    match MAGLEV.get(flat >> 1) {
+        Some(pair) => match pair[(flat & 1) as usize] {
+            NO_BACKEND => Err(Reason::DropNoBackend),
+            id => Ok(id),
+        },
+        None => Err(Reason::DropNoBackend),
     }
 }

@@ -37,7 +37,11 @@ impl Lab {
     pub fn with_capacity(cap: Capacity) -> Result<Self> {
         let dp = DataPlane::load(&cap)?;
         let proj = Projector::new(cap.max_vips, cap.max_backends, cap.ring_size);
-        Ok(Lab { dp, proj, state: State::default() })
+        Ok(Lab {
+            dp,
+            proj,
+            state: State::default(),
+        })
     }
 
     pub fn apply(&mut self, state: State) -> Result<ApplyReport> {
@@ -62,7 +66,11 @@ impl Lab {
             ..Default::default()
         })?;
         out.truncate(r.data_size_out as usize);
-        Ok(Run { action: r.return_value, out, ns: r.duration.as_nanos() as u64 })
+        Ok(Run {
+            action: r.return_value,
+            out,
+            ns: r.duration.as_nanos() as u64,
+        })
     }
 
     pub fn run(&mut self, frame: &[u8]) -> Result<Run> {
