@@ -8,11 +8,18 @@
 //! is still empty. With a prime `size` every permutation covers the whole
 //! table, so the table ends up full.
 //!
-//! Weights follow Katran's weighted variant: backends are ordered by id and
-//! go through rounds; in each round a backend earns `weight / max_weight` of a
-//! turn and takes a turn when its credit reaches one. Backend `i`'s `k`-th turn
-//! therefore comes in round `ceil(k * max_weight / weight_i)`, and its share of
-//! the table is within two slots of `size * weight_i / sum(weights)`.
+//! Weights: each backend first gets a quota of turns, its ideal share
+//! `size * weight / sum(weights)` rounded down, plus one for the backends
+//! with the largest remainders (ties: lower id) until the quotas add up to
+//! `size`. So every backend ends up with its ideal share rounded down or up,
+//! never further off, whatever the mix of weights. The order of the turns is
+//! Katran's weighted rounds: backends are ordered by id and go through rounds;
+//! in each round a backend earns `weight / max_weight` of a turn and takes a
+//! turn when its credit reaches one (credit starts just below one, so
+//! everybody's first turn is in round 1), until its quota is used up. By
+//! round `ceil(size * max_weight / sum(weights))` every quota is used up.
+//! With equal weights this is exactly textbook Maglev: everybody in turn
+//! until the table is full.
 //!
 //! Because the permutations depend only on ids and the turn order only on
 //! the sorted ids and weights, the result does not depend on the order of the
@@ -152,9 +159,6 @@ pub static GROUP_PCT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU3
 /// Internal knobs, so tests can check that every path gives the same table.
 #[derive(Clone, Copy, Debug)]
 struct Tuning {
-    /// Search turns side by side while more than this many slots are
-    /// empty (`None`: an eighth of the table).
-    lanes_until: Option<u32>,
     /// Switch from probing to the empty-slot scan when this many slots are
     /// left (`None`: about `sqrt(size)`).
     endgame_at: Option<u32>,
@@ -163,17 +167,13 @@ struct Tuning {
 
 impl Default for Tuning {
     fn default() -> Self {
-        Tuning {
-            lanes_until: None,
-            endgame_at: None,
-            sched: Sched::Auto,
-        }
+        Tuning { endgame_at: None, sched: Sched::Auto }
     }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Sched {
-    /// Rounds when the weights are not too skewed, a heap otherwise.
+    /// [`Sched::Rounds`] when the weights are not too skewed, else [`Sched::Heap`].
     Auto,
     Rounds,
     Heap,
@@ -186,64 +186,57 @@ fn build_with(backends: &[MaglevBackend], size: u32, table: &mut Vec<u32>, tunin
     if size == 0 || set.is_empty() {
         return;
     }
-    let mut f = Filler::new(&set, size, table, &tuning);
-    let wmax = set.iter().map(|b| b.weight).max().unwrap_or(1) as u64;
-    let wsum: u64 = set.iter().map(|b| b.weight as u64).sum();
+    let endgame_at = tuning.endgame_at.unwrap_or_else(|| size.isqrt().max(16));
+    let perms = Perms::new(&set, size);
+    let weights: Vec<u64> = set.iter().map(|b| b.weight as u64).collect();
+    let quotas = quotas(&weights, size);
+    let wmax = weights.iter().copied().max().unwrap_or(1);
+    let n = set.len() as u64;
     let sched = match tuning.sched {
-        // A round visits every backend but only gives wsum / wmax turns.
-        Sched::Auto if wsum * 4 >= wmax * set.len() as u64 => Sched::Rounds,
+        // Rounds visit every backend in each of about size * wmax / wsum
+        // rounds: at most 4 * size visits when the mean weight is at least
+        // wmax / 4. Otherwise the heap's log(n) per turn is cheaper.
+        Sched::Auto if weights.iter().sum::<u64>() * 4 >= wmax * n => Sched::Rounds,
         Sched::Auto => Sched::Heap,
         s => s,
     };
-    if sched == Sched::Rounds {
-        if set.iter().all(|b| b.weight as u64 == wmax) {
-            loop {
-                for i in 0..set.len() {
-                    if f.turn(i) {
-                        return;
-                    }
-                }
-            }
+    match sched {
+        Sched::Rounds if weights.iter().all(|&w| w == wmax) => {
+            fill(table, perms, endgame_at, Equal { n: set.len(), i: 0 })
         }
-        let mut credit = vec![0u64; set.len()];
-        loop {
-            for (i, (c, b)) in credit.iter_mut().zip(&set).enumerate() {
-                *c += b.weight as u64;
-                if *c >= wmax {
-                    *c -= wmax;
-                    if f.turn(i) {
-                        return;
-                    }
-                }
-            }
+        Sched::Rounds => {
+            fill(table, perms, endgame_at, Credit::new(&weights, quotas, wmax))
+        }
+        _ => fill(table, perms, endgame_at, Heap::new(&weights, quotas, wmax)),
+    }
+}
+
+/// Every backend's number of slots: its ideal share `size * w / sum(w)`
+/// rounded down, plus one for the `size - sum(rounded down)` backends with
+/// the largest remainders, lower index first among equals.
+fn quotas(weights: &[u64], size: u32) -> Vec<u64> {
+    let total: u128 = weights.iter().map(|&w| w as u128).sum();
+    let mut q = Vec::with_capacity(weights.len());
+    let mut rem = Vec::with_capacity(weights.len());
+    for (i, &w) in weights.iter().enumerate() {
+        let share = size as u128 * w as u128;
+        q.push((share / total) as u64);
+        rem.push((share % total, i));
+    }
+    let short = size as u64 - q.iter().sum::<u64>();
+    if short > 0 {
+        rem.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        for &(_, i) in &rem[..short as usize] {
+            q[i] += 1;
         }
     }
-    // Turn k (1-based) of backend i comes in round ceil(k * wmax / w_i); within
-    // a round, by index: exactly the order of the rounds above.
-    let round = |k: u64, w: u32| (k as u128 * wmax as u128).div_ceil(w as u128) as u64;
-    let mut heap: BinaryHeap<Reverse<(u64, u32)>> = set
-        .iter()
-        .enumerate()
-        .map(|(i, b)| Reverse((round(1, b.weight), i as u32)))
-        .collect();
-    let mut turns = vec![0u64; set.len()];
-    while let Some(Reverse((_, i))) = heap.pop() {
-        let i = i as usize;
-        if f.turn(i) {
-            return;
-        }
-        turns[i] += 1;
-        heap.push(Reverse((round(turns[i] + 1, set[i].weight), i as u32)));
-    }
+    q
 }
 
 /// Backends with weight > 0 and a real id, sorted by id, duplicates merged.
 fn normalise(backends: &[MaglevBackend]) -> Vec<MaglevBackend> {
-    let mut v: Vec<MaglevBackend> = backends
-        .iter()
-        .filter(|b| b.weight > 0 && b.id != NO_BACKEND)
-        .copied()
-        .collect();
+    let mut v: Vec<MaglevBackend> =
+        backends.iter().filter(|b| b.weight > 0 && b.id != NO_BACKEND).copied().collect();
     v.sort_unstable_by_key(|b| b.id);
     v.dedup_by(|b, a| {
         if a.id == b.id {
@@ -256,288 +249,410 @@ fn normalise(backends: &[MaglevBackend]) -> Vec<MaglevBackend> {
     v
 }
 
-/// Turns searched side by side (see [`Filler::flush`]).
-const LANES: usize = 4;
+/// Who takes the next turn (an index into the sorted backends).
+trait Turns {
+    fn next(&mut self) -> usize;
+}
 
-/// The table being filled, and every backend's place in its permutation.
-///
-/// Turns are queued and searched [`LANES`] at a time, which gives the same
-/// table as taking them one by one (see [`Filler::flush`]).
-struct Filler<'t> {
-    table: &'t mut [u32],
-    size: u32,
-    /// Empty slots left.
-    left: u32,
-    /// Turns queued so far, and the ones not searched yet.
-    issued: u32,
-    queue: [u32; LANES],
-    queued: usize,
-    /// Probing phase: bit `s` set = slot `s` taken.
-    taken: Vec<u64>,
-    /// Search queued turns side by side while more than this many slots are empty.
-    lanes_until: u32,
-    /// Endgame: the empty slots (unordered), once `left <= endgame_at`.
-    free: Vec<u32>,
-    endgame_at: u32,
-    /// Per backend: next slot of its permutation to look at, its skip, its
-    /// id, and `skip⁻¹ mod size` (0 until needed).
+/// Equal weights: everybody, in order, round after round.
+struct Equal {
+    n: usize,
+    i: usize,
+}
+
+impl Turns for Equal {
+    #[inline(always)]
+    fn next(&mut self) -> usize {
+        let i = self.i;
+        self.i = if i + 1 == self.n { 0 } else { i + 1 };
+        i
+    }
+}
+
+/// Katran's weighted rounds: in each round every backend earns its weight
+/// and, once it has `wmax`, spends it on a turn, as long as it has quota
+/// left. Credits start at `wmax - 1`, so everybody's first turn is in round 1.
+struct Credit<'a> {
+    weights: &'a [u64],
+    credit: Vec<u64>,
+    /// Turns left in each backend's quota.
+    left: Vec<u64>,
+    wmax: u64,
+    /// The turns of the current round, and how many of them are taken.
+    round: Vec<u32>,
+    len: usize,
+    pos: usize,
+}
+
+impl<'a> Credit<'a> {
+    fn new(weights: &'a [u64], quotas: Vec<u64>, wmax: u64) -> Self {
+        let n = weights.len();
+        Credit {
+            weights,
+            credit: vec![wmax - 1; n],
+            left: quotas,
+            wmax,
+            round: vec![0; n],
+            len: 0,
+            pos: 0,
+        }
+    }
+
+    /// Works out the next round, without branching on who takes a turn
+    /// (that would be a coin toss for the branch predictor).
+    fn next_round(&mut self) {
+        let mut len = 0;
+        for (i, ((c, l), &w)) in
+            self.credit.iter_mut().zip(self.left.iter_mut()).zip(self.weights).enumerate()
+        {
+            let earned = *c + w >= self.wmax;
+            *c = *c + w - if earned { self.wmax } else { 0 };
+            let take = earned & (*l > 0);
+            *l -= take as u64;
+            self.round[len] = i as u32;
+            len += take as usize;
+        }
+        (self.len, self.pos) = (len, 0);
+    }
+}
+
+impl Turns for Credit<'_> {
+    #[inline(always)]
+    fn next(&mut self) -> usize {
+        while self.pos == self.len {
+            self.next_round();
+        }
+        self.pos += 1;
+        self.round[self.pos - 1] as usize
+    }
+}
+
+/// The same order as [`Credit`], for skewed weights where most of a round's
+/// visits would earn no turn: backend `i`'s `k`-th turn (from 1) comes in the
+/// first round `r` with `wmax - 1 + r * w_i >= k * wmax`, and within a round
+/// the lower index goes first, so a heap on `(round, index)` yields the turns
+/// in order.
+struct Heap<'a> {
+    weights: &'a [u64],
+    quotas: Vec<u64>,
+    wmax: u64,
+    heap: BinaryHeap<Reverse<(u64, u32)>>,
+    turns: Vec<u64>,
+}
+
+impl<'a> Heap<'a> {
+    fn new(weights: &'a [u64], quotas: Vec<u64>, wmax: u64) -> Self {
+        let mut h =
+            Heap { weights, quotas, wmax, heap: BinaryHeap::new(), turns: vec![0; weights.len()] };
+        h.heap = (0..weights.len())
+            .filter(|&i| h.quotas[i] > 0)
+            .map(|i| Reverse((h.round(1, i), i as u32)))
+            .collect();
+        h
+    }
+
+    /// Round of backend `i`'s `k`-th turn: `ceil(((k - 1) * wmax + 1) / w_i)`.
+    fn round(&self, k: u64, i: usize) -> u64 {
+        // k <= 2^32 and wmax < 2^32: no overflow in u128, result < 2^64.
+        ((k - 1) as u128 * self.wmax as u128 + 1).div_ceil(self.weights[i] as u128) as u64
+    }
+}
+
+impl Turns for Heap<'_> {
+    fn next(&mut self) -> usize {
+        let Reverse((_, i)) = self.heap.pop().expect("quotas add up to the table size");
+        let i = i as usize;
+        self.turns[i] += 1;
+        if self.turns[i] < self.quotas[i] {
+            self.heap.push(Reverse((self.round(self.turns[i] + 1, i), i as u32)));
+        }
+        i
+    }
+}
+
+/// Every backend's permutation and where it stands in it.
+struct Perms {
+    /// Next slot of the permutation to look at.
     next: Vec<u32>,
     skip: Vec<u32>,
     id: Vec<u32>,
-    inv: Vec<u32>,
-    /// floor((2^64 - 1) / size), for Barrett reduction.
-    barrett: u64,
 }
 
-impl<'t> Filler<'t> {
-    fn new(set: &[MaglevBackend], size: u32, table: &'t mut [u32], tuning: &Tuning) -> Self {
-        let mut next = Vec::with_capacity(set.len());
-        let mut skip = Vec::with_capacity(set.len());
+impl Perms {
+    fn new(set: &[MaglevBackend], size: u32) -> Self {
         let prime = is_prime(size);
+        let (mut next, mut skip) = (Vec::with_capacity(set.len()), Vec::with_capacity(set.len()));
         for b in set {
             let (o, s) = permutation_in(b.id, size, prime);
             next.push(o);
             skip.push(s);
         }
-        let mut f = Filler {
-            table,
-            size,
-            left: size,
-            issued: 0,
-            queue: [0; LANES],
-            queued: 0,
-            taken: vec![0; (size as usize).div_ceil(64)],
-            lanes_until: tuning.lanes_until.unwrap_or(size / 8),
-            free: Vec::new(),
-            endgame_at: tuning.endgame_at.unwrap_or_else(|| size.isqrt().max(16)),
-            next,
-            skip,
-            id: set.iter().map(|b| b.id).collect(),
-            inv: vec![0; set.len()],
-            barrett: u64::MAX / size as u64,
-        };
-        if f.left <= f.endgame_at {
-            f.start_endgame();
-        }
-        f
+        Perms { next, skip, id: set.iter().map(|b| b.id).collect() }
     }
+}
 
-    /// Backend `i` takes the next turn. Returns whether the table is full
-    /// (there are exactly `size` turns).
-    #[inline(always)]
-    fn turn(&mut self, i: usize) -> bool {
-        self.queue[self.queued] = i as u32;
-        self.queued += 1;
-        self.issued += 1;
-        let full = self.issued == self.size;
-        if self.queued == LANES || full {
-            self.flush();
-        }
-        full
-    }
+/// `p + s mod size` for `p < size`, `s <= size`, given `lim = size - s`:
+/// `p + s` wraps iff `p >= lim`, which needs no wider integer.
+#[inline(always)]
+fn step(p: u32, s: u32, lim: u32) -> u32 {
+    if p >= lim { p - lim } else { p + s }
+}
 
-    /// Takes the queued turns.
-    ///
-    /// While the table is not too full, the queued backends search their
-    /// permutations side by side, without branching on what each probe finds,
-    /// so there is one unpredictable branch per [`LANES`] turns instead of
-    /// one or two per turn. The claims are then made in turn order; a claim
-    /// stands if its slot is still empty and its backend was not already
-    /// earlier in the queue: the slots before it in the backend's permutation
-    /// were taken when it searched, and slots never become empty again, so
-    /// it is what a search at its turn would have found. Otherwise that turn
-    /// searches again, alone.
-    #[inline(always)]
-    fn flush(&mut self) {
-        let n = self.queued;
-        self.queued = 0;
-        if n < LANES || self.left < self.lanes_until || self.left - self.endgame_at < LANES as u32 {
-            for k in 0..n {
-                self.single(self.queue[k] as usize);
-            }
-            return;
-        }
-        let q = self.queue.map(|i| i as usize);
-        let mut pos = q.map(|i| self.next[i]);
-        let skip = q.map(|i| self.skip[i]);
-        let lim = skip.map(|s| self.size - s);
-        loop {
-            let mut any = 0;
-            for k in 0..LANES {
-                let t = self.bit(pos[k]);
-                any |= t;
-                let adv = if pos[k] >= lim[k] {
-                    pos[k] - lim[k]
-                } else {
-                    pos[k] + skip[k]
-                };
-                pos[k] = if t != 0 { adv } else { pos[k] };
-            }
-            if any == 0 {
-                break;
-            }
-        }
-        for k in 0..LANES {
-            let i = q[k];
-            if self.bit(pos[k]) == 0 && !q[..k].contains(&i) {
-                self.claim(i, pos[k]);
-            } else {
-                self.probe(i);
-            }
-        }
-        if self.left == self.endgame_at {
-            self.start_endgame();
-        }
-    }
-
-    /// One turn for backend `i`, alone.
-    #[inline(always)]
-    fn single(&mut self, i: usize) {
-        if self.left > self.endgame_at {
-            self.probe(i);
-            if self.left == self.endgame_at {
-                self.start_endgame();
-            }
-        } else {
-            self.scan(i);
-        }
-    }
-
-    #[inline(always)]
-    fn bit(&self, p: u32) -> u64 {
-        (self.taken[(p >> 6) as usize] >> (p & 63)) & 1
-    }
-
-    /// Backend `i` takes empty slot `pos` (probing phase).
-    #[inline(always)]
-    fn claim(&mut self, i: usize, pos: u32) {
-        self.taken[(pos >> 6) as usize] |= 1 << (pos & 63);
-        self.table[pos as usize] = self.id[i];
-        let lim = self.size - self.skip[i];
-        self.next[i] = if pos >= lim {
-            pos - lim
-        } else {
-            pos + self.skip[i]
-        };
-        self.left -= 1;
-    }
-
-    /// Backend `i` walks its permutation to the first empty slot and takes it.
-    #[inline(always)]
-    fn probe(&mut self, i: usize) {
+/// Takes `table.len()` turns in the order `turns` gives.
+///
+/// Probing phase: the backend walks its permutation to the first slot not
+/// yet taken (a bitmap of taken slots, 8 KiB for 65537 slots, so it stays
+/// in L1). The walk costs `size / empty` probes, so the last few slots would
+/// cost most of the time; once only `endgame_at` are left, the endgame
+/// finds them another way (see [`scan`]).
+fn fill<T: Turns>(table: &mut [u32], mut perms: Perms, endgame_at: u32, mut turns: T) {
+    let size = table.len() as u32;
+    let mut taken = vec![0u64; (size as usize).div_ceil(64)];
+    let bit = |taken: &[u64], p: u32| (taken[(p >> 6) as usize] >> (p & 63)) & 1;
+    let mut left = size;
+    while left > endgame_at {
+        let i = turns.next();
+        let skip = perms.skip[i];
+        let lim = size - skip;
         // Two interleaved walks (even and odd steps) halve the dependency
-        // chain of the position arithmetic. `p + s` wraps iff `p >= size - s`,
-        // which needs no wider integer.
-        let skip = self.skip[i];
-        let skip2 = if skip >= self.size - skip {
-            skip - (self.size - skip)
-        } else {
-            skip + skip
-        };
-        let lim = self.size - skip;
-        let lim2 = self.size - skip2;
-        let mut a = self.next[i];
-        let mut b = if a >= lim { a - lim } else { a + skip };
+        // chain of the position arithmetic.
+        let skip2 = step(skip, skip, lim);
+        let lim2 = size - skip2;
+        let mut a = perms.next[i];
+        let mut b = step(a, skip, lim);
         let pos = loop {
-            if self.bit(a) == 0 {
+            if bit(&taken, a) == 0 {
                 break a;
             }
-            if self.bit(b) == 0 {
+            if bit(&taken, b) == 0 {
                 break b;
             }
-            a = if a >= lim2 { a - lim2 } else { a + skip2 };
-            b = if b >= lim2 { b - lim2 } else { b + skip2 };
+            a = step(a, skip2, lim2);
+            b = step(b, skip2, lim2);
         };
-        self.claim(i, pos);
+        taken[(pos >> 6) as usize] |= 1 << (pos & 63);
+        table[pos as usize] = perms.id[i];
+        perms.next[i] = step(pos, skip, lim);
+        left -= 1;
     }
-
-    #[cold]
-    fn start_endgame(&mut self) {
-        self.free.clear();
-        for (w, &bits) in self.taken.iter().enumerate() {
-            let mut empty = !bits;
-            while empty != 0 {
-                let s = (w as u32) * 64 + empty.trailing_zeros();
-                if s >= self.size {
-                    break;
-                }
-                self.free.push(s);
-                empty &= empty - 1;
+    if left == 0 {
+        return;
+    }
+    let mut free = Vec::with_capacity(left as usize);
+    for (w, &bits) in taken.iter().enumerate() {
+        let mut empty = !bits;
+        while empty != 0 {
+            let s = (w as u32) * 64 + empty.trailing_zeros();
+            if s >= size {
+                break;
             }
+            free.push(s);
+            empty &= empty - 1;
         }
-        debug_assert_eq!(self.free.len() as u32, self.left);
     }
-
-    /// Endgame turn: claims the empty slot that backend `i` reaches in the
-    /// fewest steps, i.e. the one probing would find.
-    fn scan(&mut self, i: usize) {
-        let size = self.size;
-        let inv = if size == 1 {
-            0
-        } else {
-            if self.inv[i] == 0 {
-                self.inv[i] = mod_inverse(self.skip[i], size);
-            }
-            self.inv[i] as u64
-        };
-        let base = self.next[i];
-        let (m, r) = (size as u64, self.barrett);
-        let mut best = (u64::MAX, 0usize);
-        for (k, &s) in self.free.iter().enumerate() {
-            let d = if s >= base {
-                s - base
-            } else {
-                s + (size - base)
-            } as u64;
-            // steps = d * inv mod m (d, inv < m <= 2^32): Barrett reduction,
-            // q is floor(x / m) or one less.
-            let x = d * inv;
-            let q = ((x as u128 * r as u128) >> 64) as u64;
-            let mut steps = x - q * m;
-            if steps >= m {
-                steps -= m;
-            }
-            if steps < best.0 {
-                best = (steps, k);
-            }
+    debug_assert_eq!(free.len() as u32, left);
+    let mut inv = vec![0u32; perms.id.len()];
+    // floor((2^64 - 1) / size), for Barrett reduction.
+    let barrett = u64::MAX / size as u64;
+    for _ in 0..left {
+        let i = turns.next();
+        if inv[i] == 0 && size > 1 {
+            inv[i] = mod_inverse(perms.skip[i], size);
         }
-        let pos = self.free.swap_remove(best.1);
-        self.table[pos as usize] = self.id[i];
-        let lim = size - self.skip[i];
-        self.next[i] = if pos >= lim {
-            pos - lim
-        } else {
-            pos + self.skip[i]
-        };
-        self.left -= 1;
+        let k = scan(&free, size, perms.next[i], inv[i], barrett);
+        let pos = free.swap_remove(k);
+        table[pos as usize] = perms.id[i];
+        perms.next[i] = step(pos, perms.skip[i], size - perms.skip[i]);
     }
+}
+
+/// Endgame turn: the index in `free` (the empty slots) of the one that the
+/// backend standing at `base` with `skip⁻¹ = inv` reaches first.
+///
+/// Backend `i` reaches slot `s` after `(s - base) * skip⁻¹ mod size` steps.
+/// Every slot it would pass before the closest empty one is taken, so the
+/// empty slot with the fewest steps is the one its walk would find.
+fn scan(free: &[u32], size: u32, base: u32, inv: u32, barrett: u64) -> usize {
+    let (m, inv) = (size as u64, inv as u64);
+    let mut best = (u64::MAX, 0usize);
+    for (k, &s) in free.iter().enumerate() {
+        let d = if s >= base { s - base } else { s + (size - base) } as u64;
+        // steps = d * inv mod m with d, inv < m <= 2^32: Barrett reduction,
+        // the estimated quotient is exact or one short.
+        let x = d * inv;
+        let q = ((x as u128 * barrett as u128) >> 64) as u64;
+        let mut steps = x - q * m;
+        if steps >= m {
+            steps -= m;
+        }
+        if steps < best.0 {
+            best = (steps, k);
+        }
+    }
+    best.1
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
+    use proptest::prelude::*;
 
-    #[test]
-    fn timing() {
-        for n in [100u32, 1000] {
-            let bs: Vec<_> = (1..=n).map(|id| MaglevBackend { id, weight: 1 }).collect();
-            for lu in [65537, 32768, 16384, 8192, 6553, 4096, 2048, 1024, 512] {
-                let tuning = Tuning {
-                    lanes_until: Some(lu),
-                    endgame_at: None,
-                    sched: Sched::Auto,
-                };
-                let mut t = Vec::new();
-                let mut times = Vec::new();
-                for _ in 0..200 {
-                    let s = Instant::now();
-                    build_with(&bs, 65537, &mut t, tuning);
-                    times.push(s.elapsed());
+    /// Weighted Maglev straight from the definition: quotas by largest
+    /// remainder, credit rounds, `%` for every probe, one probe at a time.
+    fn reference(backends: &[MaglevBackend], size: u32) -> Vec<u32> {
+        let set = normalise(backends);
+        let mut table = vec![NO_BACKEND; size as usize];
+        if set.is_empty() || size == 0 {
+            return table;
+        }
+        let total: u128 = set.iter().map(|b| b.weight as u128).sum();
+        let ideal = |b: &MaglevBackend| (size as u128 * b.weight as u128, total);
+        let mut quota: Vec<u64> = set.iter().map(|b| (ideal(b).0 / total) as u64).collect();
+        let mut order: Vec<usize> = (0..set.len()).collect();
+        order.sort_by_key(|&i| (Reverse(ideal(&set[i]).0 % total), i));
+        let short = size as usize - quota.iter().sum::<u64>() as usize;
+        for &i in &order[..short] {
+            quota[i] += 1;
+        }
+        let perm: Vec<(u64, u64)> = set
+            .iter()
+            .map(|b| {
+                let (o, s) = permutation(b.id, size);
+                (o as u64, s as u64)
+            })
+            .collect();
+        let wmax = set.iter().map(|b| b.weight as u64).max().unwrap();
+        let mut credit = vec![wmax - 1; set.len()];
+        let mut j = vec![0u64; set.len()];
+        let mut filled = 0;
+        loop {
+            for (i, b) in set.iter().enumerate() {
+                credit[i] += b.weight as u64;
+                if credit[i] < wmax {
+                    continue;
                 }
-                times.sort();
-                println!("n={n} lu={lu:?} min={:?} med={:?}", times[0], times[100]);
+                credit[i] -= wmax;
+                if quota[i] == 0 {
+                    continue;
+                }
+                quota[i] -= 1;
+                loop {
+                    let c = ((perm[i].0 + j[i] * perm[i].1) % size as u64) as usize;
+                    j[i] += 1;
+                    if table[c] == NO_BACKEND {
+                        table[c] = b.id;
+                        filled += 1;
+                        break;
+                    }
+                }
+                if filled == size {
+                    return table;
+                }
             }
         }
+    }
+
+    fn tunings(size: u32) -> Vec<Tuning> {
+        let mut v = Vec::new();
+        for endgame_at in [None, Some(0), Some(1), Some(size / 2), Some(size)] {
+            for sched in [Sched::Auto, Sched::Rounds, Sched::Heap] {
+                v.push(Tuning { endgame_at, sched });
+            }
+        }
+        v
+    }
+
+    fn backends() -> impl Strategy<Value = Vec<MaglevBackend>> {
+        prop::collection::vec((1u32..60, 0u32..12), 0..24)
+            .prop_map(|v| v.into_iter().map(|(id, weight)| MaglevBackend { id, weight }).collect())
+    }
+
+    proptest! {
+        /// Bitmap probing, the endgame scan and both schedulers build exactly
+        /// the textbook table, for prime and non-prime sizes.
+        #[test]
+        fn every_path_matches_the_reference(
+            bs in backends(),
+            size in prop::sample::select(vec![1u32, 2, 3, 4, 7, 12, 13, 100, 251, 1009, 4096]),
+        ) {
+            let want = reference(&bs, size);
+            for tuning in tunings(size) {
+                let mut t = Vec::new();
+                build_with(&bs, size, &mut t, tuning);
+                prop_assert_eq!(&t, &want, "{:?}", tuning);
+            }
+        }
+
+        #[test]
+        fn heap_yields_the_turns_of_the_rounds(
+            weights in prop::collection::vec(1u64..50, 1..20),
+            size in 1u32..3000,
+        ) {
+            let wmax = *weights.iter().max().unwrap();
+            let q = quotas(&weights, size);
+            let mut rounds = Credit::new(&weights, q.clone(), wmax);
+            let mut heap = Heap::new(&weights, q.clone(), wmax);
+            let mut got = vec![0; weights.len()];
+            for _ in 0..size {
+                let i = rounds.next();
+                prop_assert_eq!(i, heap.next());
+                got[i] += 1;
+            }
+            prop_assert!(heap.heap.is_empty());
+            prop_assert_eq!(got, q);
+        }
+
+        #[test]
+        fn quotas_are_the_ideal_shares_rounded(
+            weights in prop::collection::vec(1u64..=u32::MAX as u64, 1..50),
+            size in 1u32..=u32::MAX,
+        ) {
+            let q = quotas(&weights, size);
+            prop_assert_eq!(q.iter().sum::<u64>(), size as u64);
+            let total: u128 = weights.iter().map(|&w| w as u128).sum();
+            for (&qi, &w) in q.iter().zip(&weights) {
+                let share = size as u128 * w as u128;
+                let lo = (share / total) as u64;
+                prop_assert!(qi == lo || (qi == lo + 1 && share % total != 0));
+            }
+        }
+
+        #[test]
+        fn mod_inverse_inverts(m in 2u32..=u32::MAX, a in 1u32..=u32::MAX) {
+            let a = a % m;
+            prop_assume!(a != 0 && gcd(a, m) == 1);
+            let inv = mod_inverse(a, m);
+            prop_assert!(inv < m);
+            prop_assert_eq!(a as u64 * inv as u64 % m as u64, 1 % m as u64);
+        }
+    }
+
+    #[test]
+    fn reference_matches_at_full_size() {
+        let bs: Vec<_> = (1..=300).map(|id| MaglevBackend { id: id * 13, weight: id % 7 + 1 }).collect();
+        assert_eq!(build(&bs, 65537), reference(&bs, 65537));
+        let bs: Vec<_> = (1..=300).map(|id| MaglevBackend { id, weight: 1 }).collect();
+        assert_eq!(build(&bs, 65537), reference(&bs, 65537));
+        // Skewed weights take the heap.
+        let mut bs: Vec<_> = (1..=50).map(|id| MaglevBackend { id, weight: 1 }).collect();
+        bs.push(MaglevBackend { id: 99, weight: 1000 });
+        assert_eq!(build(&bs, 65537), reference(&bs, 65537));
+    }
+
+    #[test]
+    fn permutation_is_the_documented_one() {
+        for id in [1u32, 2, 3, 1000, u32::MAX] {
+            let (o, s) = permutation(id, 65537);
+            assert_eq!(o as u64, mix64(id as u64 ^ SEED_OFFSET) % 65537);
+            assert_eq!(s as u64, mix64(id as u64 ^ SEED_SKIP) % 65536 + 1);
+        }
+        // Non-prime sizes: skip is moved to a value coprime with the size.
+        for size in [4u32, 100, 65536, 1 << 20] {
+            for id in 1..200 {
+                let (o, s) = permutation(id, size);
+                assert!(o < size && (1..size).contains(&s) && gcd(s, size) == 1);
+            }
+        }
+        assert_eq!(permutation(7, 1), (0, 1));
     }
 }

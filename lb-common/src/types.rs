@@ -1,4 +1,6 @@
 //! Map keys and values. `#[repr(C)]`, explicit padding, sizes checked at compile time.
+//! Keys built from byte arrays are `align(4)` so that the eBPF code copies them in
+//! 32-bit words instead of byte by byte (the BPF backend cannot assume more).
 
 macro_rules! assert_size {
     ($t:ty, $n:expr) => {
@@ -18,7 +20,7 @@ macro_rules! pod {
 
 /// VIPS key: (address, port, protocol). IPv4 addresses occupy `addr[..4]`, the rest zero.
 /// `port` is in network byte order; port 0 means "every port of this address".
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct VipKey {
     pub addr: [u8; 16],
@@ -67,7 +69,7 @@ pub struct Backend {
 assert_size!(Backend, 36);
 
 /// A flow as the LB sees it: client → VIP. Also the CONNS key.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub src: [u8; 16],
@@ -97,7 +99,7 @@ pub struct Conn {
 assert_size!(Conn, 24);
 
 /// PERSIST key: (VIP, client address), as ipvsadm's persistent templates.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PersistKey {
     pub client: [u8; 16],
@@ -116,7 +118,7 @@ pub struct PersistVal {
 assert_size!(PersistVal, 16);
 
 /// FRAGS key: one datagram (addresses + IP ID / fragment ID).
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FragKey {
     pub src: [u8; 16],

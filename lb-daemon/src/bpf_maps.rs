@@ -75,7 +75,7 @@ impl Drop for SlotMem {
 }
 
 /// The programs in the object, all verified at load.
-pub const PROGRAMS: [&str; 3] = ["xdp_lb", "xdp_decap", "xdp_floor"];
+pub const PROGRAMS: [&str; 4] = ["xdp_lb", "xdp_decap", "xdp_floor", "xdp_pass"];
 
 pub struct DataPlane {
     pub ebpf: Ebpf,
@@ -150,10 +150,10 @@ impl DataPlane {
         Ok(x)
     }
 
-    /// Attaches `xdp_lb` to an interface: native mode, else generic mode with a warning.
-    pub fn attach(&mut self, ifname: &str) -> Result<&'static str> {
+    /// Attaches program `prog` to an interface: native mode, else generic mode with a warning.
+    pub fn attach(&mut self, prog: &str, ifname: &str) -> Result<&'static str> {
         let c = std::ffi::CString::new(ifname)?;
-        let prog = self.program("xdp_lb")?;
+        let prog = self.program(prog)?;
         match prog.attach(c.as_c_str(), XdpMode::Driver) {
             Ok(_) => Ok("native"),
             Err(e) => {
@@ -161,7 +161,7 @@ impl DataPlane {
                     "native XDP on {ifname} failed ({e}); falling back to generic (skb) mode, which is much slower"
                 );
                 prog.attach(c.as_c_str(), XdpMode::Skb)
-                    .with_context(|| format!("attaching xdp_lb to {ifname}"))?;
+                    .with_context(|| format!("attaching XDP to {ifname}"))?;
                 Ok("generic")
             }
         }

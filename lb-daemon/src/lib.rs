@@ -2,8 +2,10 @@
 //! and serves the operator.
 
 pub mod bpf_maps;
+pub mod config;
 pub mod loader;
 pub mod state;
+pub mod stats;
 pub mod sync;
 
 /// The XDP object built from lb-ebpf by build.rs.

@@ -43,16 +43,17 @@ pub fn handle(ctx: &XdpContext, p: &Packet, ctrl: &Ctrl) -> Result<Reason, Reaso
     }
     if is_error(fam, ty) {
         // Where the quoted packet (VIP → client) was going tells us the flow.
-        if let Ok(flow) = quoted_flow(ctx, p.l4_off + 8, fam) {
-            if let Some(vip) = select::vip(&flow) {
-                let choice = select::choose(&flow, vip, ctrl, 0, false)?;
-                let r = forward::to_backend(ctx, p, &flow, vip.idx, &choice, ctrl, false)?;
-                return Ok(if r == Reason::TxIcmpTooBig {
-                    r
-                } else {
-                    Reason::TxIcmpErrorFwd
-                });
-            }
+        if let Ok(flow) = quoted_flow(ctx, p.l4_off + 8, fam)
+            && let Some(vip) = select::vip(&flow)
+        {
+            let choice = select::choose(&flow, vip, ctrl, 0, false)?;
+            let r = forward::to_backend(ctx, p, &flow, vip.idx, &choice, ctrl, false)?;
+            // DR/TUN forwarding of the error (a too-big answer is never sent for it).
+            return Ok(if r == Reason::DropNoBackend {
+                r
+            } else {
+                Reason::TxIcmpErrorFwd
+            });
         }
     }
     Ok(if select::vip_addr_known(&p.flow) {

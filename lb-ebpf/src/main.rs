@@ -4,7 +4,8 @@
 //! lb-ebpf: the load balancer's XDP programs.
 //!
 //! `xdp_lb` balances VIP traffic; `xdp_decap` runs on real servers without tunnel
-//! devices; `xdp_floor` only swaps MACs and is the benchmarks' yardstick.
+//! devices; `xdp_floor` only swaps MACs and is the benchmarks' yardstick;
+//! `xdp_pass` lets veth peers receive XDP_TX'd frames.
 
 mod counters;
 mod csum;
@@ -136,6 +137,13 @@ pub fn xdp_floor(ctx: XdpContext) -> u32 {
         }
         Err(_) => xdp_action::XDP_PASS,
     }
+}
+
+/// Does nothing but pass: attached to veth peers so that XDP_TX frames arrive
+/// (veth delivers XDP_TX'd frames only to a peer with a native XDP program).
+#[xdp]
+pub fn xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
 }
 
 #[cfg(not(test))]

@@ -50,7 +50,9 @@ pub struct Packet {
     pub tcp_flags: u8,
 }
 
-#[repr(C)]
+/// `align(4)`: lets LLVM read the addresses as words. The packet is only 2-byte aligned
+/// there, which x86 and arm64 load fine and the verifier allows without strict alignment.
+#[repr(C, align(4))]
 struct Ipv4 {
     vihl: u8,
     tos: u8,
@@ -64,7 +66,7 @@ struct Ipv4 {
     dst: [u8; 4],
 }
 
-#[repr(C)]
+#[repr(C, align(4))]
 struct Ipv6 {
     vcf: [u8; 4],
     payload_len: [u8; 2],

@@ -72,21 +72,19 @@ pub fn choose(
     if let Some(c) = CONNS.get_ptr_mut(flow) {
         let c = unsafe { &mut *c };
         let idle = now.wrapping_sub(c.last_seen_ns);
-        if idle < ctrl.conn_timeout_secs as u64 * NS {
-            if backend(c.backend).is_some() {
-                // Refresh at most once a second, and record the handshake's progress
-                // only when it changes: keeps the hit path's writes rare.
-                if idle > NS {
-                    c.last_seen_ns = now;
-                }
-                if tcp_flags & TCP_ACK != 0 && c.flags & CONN_F_ACK_SEEN == 0 {
-                    c.flags |= CONN_F_ACK_SEEN;
-                }
-                return Ok(Choice {
-                    id: c.backend,
-                    new_conn: false,
-                });
+        if idle < ctrl.conn_timeout_secs as u64 * NS && backend(c.backend).is_some() {
+            // Refresh at most once a second, and record the handshake's progress
+            // only when it changes: keeps the hit path's writes rare.
+            if idle > NS {
+                c.last_seen_ns = now;
             }
+            if tcp_flags & TCP_ACK != 0 && c.flags & CONN_F_ACK_SEEN == 0 {
+                c.flags |= CONN_F_ACK_SEEN;
+            }
+            return Ok(Choice {
+                id: c.backend,
+                new_conn: false,
+            });
         }
     }
     let id = persistent_or_scheduled(flow, vip, ctrl, now)?;

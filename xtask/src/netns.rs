@@ -1,0 +1,457 @@
+//! The demo topology of lb-daemon/default.toml, built in network namespaces with
+//! iproute2: one bridge, the load balancer, a client and three nginx real servers
+//! whose interfaces run `xdp_decap`. Used by `cargo xtask demo` and, through
+//! `#[path]`, by the end-to-end test (tests/tests/e2e_netns.rs).
+//!
+//! Every namespace is named `<prefix><role>` and all interfaces live inside them,
+//! so nothing collides with the host or with another prefix. [`Lab`] removes
+//! leftovers of its prefix before building and tears everything down when dropped.
+//!
+//! `xdp_pass` and `xdp_decap` are attached with aya from this process (entering
+//! each namespace with setns on the calling thread), not with bpftool or iproute2:
+//! their libbpf (1.x) rejects aya objects ("legacy map definitions in 'maps'
+//! section are not supported"). The links live as long as the [`Lab`]: they are
+//! detached when it is dropped, or by the kernel if the process dies. Nothing is
+//! pinned in bpffs.
+
+use std::{
+    fs::{self, File},
+    io::Read as _,
+    net::{SocketAddr, TcpStream},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{Xdp, XdpMode},
+};
+
+/// The shared L2 segment.
+pub const PREFIX_LEN: u8 = 24;
+pub const LB_ADDR: &str = "10.100.0.1";
+pub const CLIENT_ADDR: &str = "10.100.0.2";
+pub const VIP: &str = "10.100.0.100";
+pub const VIP_PORT: u16 = 80;
+/// The LB's interface (daemon.interfaces).
+pub const LB_IF: &str = "lb0";
+/// The client's and the real servers' interface.
+const HOST_IF: &str = "eth0";
+
+pub struct Server {
+    pub name: &'static str,
+    pub addr: &'static str,
+    pub mac: &'static str,
+    pub weight: u32,
+}
+
+/// The backends of default.toml's web VIP.
+pub const SERVERS: [Server; 3] = [
+    Server { name: "rs1", addr: "10.100.0.11", mac: "02:00:00:64:00:0b", weight: 1 },
+    Server { name: "rs2", addr: "10.100.0.12", mac: "02:00:00:64:00:0c", weight: 1 },
+    Server { name: "rs3", addr: "10.100.0.13", mac: "02:00:00:64:00:0d", weight: 2 },
+];
+
+/// Maps of the XDP object that only `xdp_lb` uses: shrunk so that loading the object
+/// for `xdp_pass` / `xdp_decap` does not allocate the data plane's full-size tables.
+const UNUSED_MAPS: [&str; 9] = [
+    "VIPS",
+    "MAGLEV",
+    "BACKENDS",
+    "CONNS",
+    "PERSIST",
+    "FRAGS",
+    "RR_STATE",
+    "VIP_STATS",
+    "BACKEND_STATS",
+];
+
+/// Runs a command, returning its stdout; fails with its stderr.
+pub fn cmd(c: &mut Command) -> Result<String> {
+    let out = c.output().with_context(|| format!("spawning {c:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{c:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ip(args: &[&str]) -> Result<String> {
+    cmd(Command::new("ip").args(args))
+}
+
+/// Namespaces whose name starts with `prefix`.
+pub fn namespaces(prefix: &str) -> Result<Vec<String>> {
+    Ok(ip(&["netns", "list"])?
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(prefix))
+        .map(str::to_owned)
+        .collect())
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) on a pid we started (or that lives in one of our namespaces).
+    unsafe { libc::kill(pid as libc::pid_t, sig) };
+}
+
+/// Polls `ok` every 20 ms until it returns true or `limit` passes.
+pub fn wait_until(limit: Duration, mut ok: impl FnMut() -> Result<bool>) -> Result<bool> {
+    let start = Instant::now();
+    loop {
+        if ok()? {
+            return Ok(true);
+        }
+        if start.elapsed() > limit {
+            return Ok(false);
+        }
+        sleep(Duration::from_millis(20));
+    }
+}
+
+/// Asks a child to stop (SIGTERM), then kills it if it has not exited after `grace`.
+fn stop(child: &mut Child, grace: Duration) -> Result<std::process::ExitStatus> {
+    signal(child.id(), libc::SIGTERM);
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait()? {
+            return Ok(st);
+        }
+        if start.elapsed() > grace {
+            let _ = child.kill();
+            return Ok(child.wait()?);
+        }
+        sleep(Duration::from_millis(20));
+    }
+}
+
+/// Removes everything a previous run with this prefix may have left: processes still
+/// inside its namespaces (nginx, a daemon), the namespaces (and with them the bridge
+/// and the veths) and the temporary directory.
+pub fn remove_leftovers(prefix: &str) -> Result<()> {
+    for ns in namespaces(prefix)? {
+        let pids = || -> Result<Vec<u32>> {
+            Ok(ip(&["netns", "pids", &ns])?
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect())
+        };
+        for pid in pids()? {
+            signal(pid, libc::SIGKILL);
+        }
+        wait_until(Duration::from_secs(2), || Ok(pids()?.is_empty()))?;
+        ip(&["netns", "del", &ns])?;
+    }
+    let dir = files_dir(prefix);
+    if dir.exists() {
+        fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+fn files_dir(prefix: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("{prefix}files"))
+}
+
+fn setns(f: &File) -> std::io::Result<()> {
+    // SAFETY: setns(2) on an open namespace file; only the calling thread moves.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Runs `f` with the calling thread in network namespace `ns`, then moves it back.
+pub fn in_netns<T>(ns: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let home = File::open("/proc/thread-self/ns/net").context("opening our network namespace")?;
+    let target = File::open(Path::new("/run/netns").join(ns))
+        .with_context(|| format!("opening namespace {ns}"))?;
+    setns(&target).with_context(|| format!("entering namespace {ns}"))?;
+    let r = f();
+    setns(&home).expect("returning to the original network namespace");
+    r
+}
+
+/// The topology, its processes and the XDP programs attached in it.
+pub struct Lab {
+    pub prefix: String,
+    /// nginx configurations and logs, the daemon's log.
+    pub dir: PathBuf,
+    xdp: Option<Ebpf>,
+    nginx: Vec<Child>,
+    daemon: Option<Child>,
+}
+
+impl Lab {
+    /// Builds the topology with the XDP object `object` (for `xdp_pass` and
+    /// `xdp_decap`), after removing the leftovers of an earlier run with `prefix`.
+    /// On error, what was built is removed.
+    pub fn build(prefix: &str, object: &[u8]) -> Result<Lab> {
+        remove_leftovers(prefix)?;
+        let dir = files_dir(prefix);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut lab = Lab {
+            prefix: prefix.to_owned(),
+            dir,
+            xdp: None,
+            nginx: Vec::new(),
+            daemon: None,
+        };
+        lab.setup(object)?;
+        Ok(lab)
+    }
+
+    pub fn ns(&self, role: &str) -> String {
+        format!("{}{role}", self.prefix)
+    }
+
+    fn setup(&mut self, object: &[u8]) -> Result<()> {
+        let sw = self.ns("sw");
+        let roles = ["sw", "lb", "client"]
+            .into_iter()
+            .chain(SERVERS.iter().map(|s| s.name));
+        for role in roles {
+            let ns = self.ns(role);
+            ip(&["netns", "add", &ns])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &sw, "link", "set", "br0", "up"])?;
+
+        let cidr = |a: &str| format!("{a}/{PREFIX_LEN}");
+        let vip = format!("{VIP}/32");
+        self.port("lb", LB_IF, None, &cidr(LB_ADDR))?;
+        ip(&["-n", &self.ns("lb"), "addr", "add", &vip, "dev", "lo"])?;
+        self.port("client", HOST_IF, None, &cidr(CLIENT_ADDR))?;
+        for s in &SERVERS {
+            let ns = self.ns(s.name);
+            self.port(s.name, HOST_IF, Some(s.mac), &cidr(s.addr))?;
+            ip(&["-n", &ns, "addr", "add", &vip, "dev", "lo"])?;
+            // DR/TUN real servers: never answer ARP for the VIP (on lo), never use it
+            // as an ARP source; accept the decapsulated packets whatever the route back.
+            let rp_if = format!("net.ipv4.conf.{HOST_IF}.rp_filter=0");
+            let sysctls = [
+                "net.ipv4.conf.all.arp_ignore=1",
+                "net.ipv4.conf.all.arp_announce=2",
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.default.rp_filter=0",
+                &rp_if,
+            ];
+            cmd(Command::new("ip")
+                .args(["netns", "exec", &ns, "sysctl", "-qw"])
+                .args(sysctls))?;
+        }
+
+        // XDP_TX'd frames reach the LB's veth peer only if it runs a native XDP program.
+        let mut ebpf = EbpfLoader::new();
+        for m in UNUSED_MAPS {
+            ebpf.map_max_entries(m, 16);
+        }
+        let mut ebpf = ebpf.load(object).context("loading the XDP object")?;
+        for name in ["xdp_pass", "xdp_decap"] {
+            let p: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("no program {name} in the XDP object"))?
+                .try_into()?;
+            p.load().with_context(|| format!("verifying {name}"))?;
+        }
+        let mut attach = |prog: &str, ns: &str, ifname: &str| -> Result<()> {
+            let p: &mut Xdp = ebpf.program_mut(prog).expect("loaded above").try_into()?;
+            let c = std::ffi::CString::new(ifname)?;
+            in_netns(ns, || Ok(p.attach(c.as_c_str(), XdpMode::Driver)?))
+                .with_context(|| format!("attaching {prog} (native) to {ifname} in {ns}"))?;
+            Ok(())
+        };
+        attach("xdp_pass", &sw, "p-lb")?;
+        for s in &SERVERS {
+            attach("xdp_decap", &self.ns(s.name), HOST_IF)?;
+        }
+        self.xdp = Some(ebpf);
+
+        for s in &SERVERS {
+            self.start_nginx(s)?;
+        }
+        // Ready when each answers the client directly (this also checks the bridge).
+        let client = self.ns("client");
+        for (s, child) in SERVERS.iter().zip(self.nginx.iter_mut()) {
+            let addr: SocketAddr = format!("{}:{VIP_PORT}", s.addr).parse()?;
+            let log = self.dir.join(s.name).join("error.log");
+            let ok = wait_until(Duration::from_secs(10), || {
+                if let Some(st) = child.try_wait()? {
+                    bail!(
+                        "nginx of {} exited ({st}): {}",
+                        s.name,
+                        fs::read_to_string(&log).unwrap_or_default().trim()
+                    );
+                }
+                in_netns(&client, || {
+                    Ok(TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())
+                })
+            })?;
+            if !ok {
+                bail!("nginx of {} does not answer on {addr}", s.name);
+            }
+        }
+        Ok(())
+    }
+
+    /// A veth pair: `ifname` (with `mac`, `addr`) in `role`'s namespace, its peer
+    /// `p-<role>` in the bridge.
+    fn port(&self, role: &str, ifname: &str, mac: Option<&str>, addr: &str) -> Result<()> {
+        let (sw, ns) = (self.ns("sw"), self.ns(role));
+        let peer = format!("p-{role}");
+        let mut args = vec![
+            "-n", &sw, "link", "add", &peer, "type", "veth", "peer", "name", ifname, "netns", &ns,
+        ];
+        if let Some(m) = mac {
+            args.extend(["address", m]);
+        }
+        ip(&args)?;
+        ip(&["-n", &sw, "link", "set", &peer, "master", "br0", "up"])?;
+        ip(&["-n", &ns, "addr", "add", addr, "dev", ifname])?;
+        ip(&["-n", &ns, "link", "set", ifname, "up"])?;
+        Ok(())
+    }
+
+    fn start_nginx(&mut self, s: &Server) -> Result<()> {
+        let d = self.dir.join(s.name);
+        fs::create_dir_all(&d)?;
+        let d_str = d.display();
+        let conf = format!(
+            r#"worker_processes 1;
+pid {d_str}/nginx.pid;
+error_log {d_str}/error.log warn;
+events {{ worker_connections 512; }}
+http {{
+    access_log off;
+    client_body_temp_path {d_str}/client_body;
+    proxy_temp_path {d_str}/proxy;
+    fastcgi_temp_path {d_str}/fastcgi;
+    uwsgi_temp_path {d_str}/uwsgi;
+    scgi_temp_path {d_str}/scgi;
+    server {{
+        listen 0.0.0.0:{VIP_PORT} default_server;
+        location / {{
+            default_type text/plain;
+            return 200 "{name}\n";
+        }}
+    }}
+}}
+"#,
+            name = s.name
+        );
+        let conf_path = d.join("nginx.conf");
+        fs::write(&conf_path, conf)?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns(s.name), "nginx", "-p"])
+            .arg(&d)
+            .arg("-e")
+            .arg(d.join("error.log"))
+            .arg("-c")
+            .arg(&conf_path)
+            .args(["-g", "daemon off;"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(d.join("stderr.log"))?)
+            .spawn()
+            .context("starting nginx")?;
+        self.nginx.push(child);
+        Ok(())
+    }
+
+    /// Starts `daemon args…` in the LB's namespace and waits until an XDP program is
+    /// attached to lb0. Returns the mode ip-link shows ("native" or "generic").
+    pub fn start_daemon(&mut self, daemon: &Path, args: &[&str]) -> Result<&'static str> {
+        let lb = self.ns("lb");
+        let log_path = self.dir.join("daemon.log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &lb])
+            .arg(daemon)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(File::create(&log_path)?)
+            .spawn()
+            .with_context(|| format!("starting {}", daemon.display()))?;
+        let child = self.daemon.insert(child);
+        let mut mode = "";
+        let attached = wait_until(Duration::from_secs(30), || {
+            if let Some(st) = child.try_wait()? {
+                bail!(
+                    "lb-daemon exited ({st}) before attaching:\n{}",
+                    fs::read_to_string(&log_path).unwrap_or_default().trim()
+                );
+            }
+            let link = ip(&["-n", &lb, "link", "show", LB_IF])?;
+            mode = if link.contains("prog/xdpgeneric") {
+                "generic"
+            } else if link.contains("prog/xdp ") {
+                "native"
+            } else {
+                ""
+            };
+            Ok(!mode.is_empty())
+        })?;
+        if !attached {
+            bail!("lb-daemon did not attach an XDP program to {LB_IF} within 30 s");
+        }
+        Ok(mode)
+    }
+
+    /// SIGTERM to the daemon; returns what it printed on stdout (its counters).
+    pub fn stop_daemon(&mut self) -> Result<String> {
+        let mut child = self.daemon.take().context("the daemon is not running")?;
+        let status = stop(&mut child, Duration::from_secs(10))?;
+        let mut out = String::new();
+        if let Some(mut o) = child.stdout.take() {
+            o.read_to_string(&mut out)?;
+        }
+        if !status.success() {
+            bail!(
+                "lb-daemon exited with {status}:\n{}",
+                fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default().trim()
+            );
+        }
+        Ok(out)
+    }
+
+    /// A command run in the client's namespace.
+    pub fn client(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns("client"), program]);
+        c
+    }
+
+    /// Stops the processes, detaches the XDP programs, removes the namespaces and
+    /// files. Idempotent; also run on drop.
+    pub fn cleanup(&mut self) -> Result<()> {
+        if let Some(mut d) = self.daemon.take() {
+            stop(&mut d, Duration::from_secs(5))?;
+        }
+        for mut n in self.nginx.drain(..) {
+            stop(&mut n, Duration::from_secs(3))?;
+        }
+        self.xdp = None;
+        remove_leftovers(&self.prefix)?;
+        let left = namespaces(&self.prefix)?;
+        if !left.is_empty() {
+            bail!("namespaces left behind: {left:?}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Err(e) = self.cleanup() {
+            eprintln!("cleaning up {}*: {e:#}", self.prefix);
+        }
+    }
+}
