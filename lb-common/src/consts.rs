@@ -43,6 +43,10 @@ pub const CONN_F_ACK_SEEN: u32 = 2;
 /// (prefix + flow hash) so that real servers' NICs spread flows over queues.
 pub const CTRL_F_SRC_FROM_FLOW: u32 = 1;
 
+/// `Ctrl::flags`: some service has port 0 (every port). Without it, a miss on the
+/// exact (addr, port, proto) key ends the VIP lookup: non-VIP traffic costs one lookup.
+pub const CTRL_F_HAS_WILDCARD: u32 = 2;
+
 /// Default GUE destination port (UDP) on the real servers.
 pub const DEFAULT_GUE_PORT: u16 = 6080;
 /// Default MTU of the path to the real servers.

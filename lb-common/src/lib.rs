@@ -13,6 +13,12 @@ pub mod types;
 pub mod maglev;
 #[cfg(feature = "user")]
 pub mod sequence;
+/// The desired state (services, real servers, tunnel settings): shared by the daemon and lbctl.
+#[cfg(feature = "user")]
+pub mod state;
+/// Operations on the desired state (ipvsadm semantics), shared by the daemon and lbctl.
+#[cfg(feature = "user")]
+pub mod ops;
 
 pub use consts::*;
 pub use types::*;

@@ -54,8 +54,10 @@ pub struct MaglevBackend {
 /// spread is worse. Size 0 gives an empty table.
 ///
 /// Every slot holds the id of a backend with weight > 0 or, if there is no
-/// such backend, `NO_BACKEND`. The backends' order does not matter (they are
-/// sorted by id); an id listed twice counts once, with the sum of its weights.
+/// such backend, `NO_BACKEND`. A backend of weight `w` gets
+/// `size * w / sum(weights)` slots, rounded down or up. The backends' order
+/// does not matter (they are sorted by id); an id listed twice counts once,
+/// with the sum of its weights.
 pub fn build(backends: &[MaglevBackend], size: u32) -> Vec<u32> {
     let mut table = Vec::new();
     build_into(backends, size, &mut table);
@@ -72,12 +74,12 @@ pub fn is_prime(n: u32) -> bool {
     if n < 4 {
         return n >= 2;
     }
-    if n % 2 == 0 || n % 3 == 0 {
+    if n.is_multiple_of(2) || n.is_multiple_of(3) {
         return false;
     }
     let mut d = 5u32;
     while (d as u64) * (d as u64) <= n as u64 {
-        if n % d == 0 || n % (d + 2) == 0 {
+        if n.is_multiple_of(d) || n.is_multiple_of(d + 2) {
             return false;
         }
         d += 6;
@@ -155,7 +157,6 @@ fn mod_inverse(a: u32, m: u32) -> u32 {
     t0.rem_euclid(m as i64) as u32
 }
 
-pub static GROUP_PCT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 /// Internal knobs, so tests can check that every path gives the same table.
 #[derive(Clone, Copy, Debug)]
 struct Tuning {
@@ -167,7 +168,10 @@ struct Tuning {
 
 impl Default for Tuning {
     fn default() -> Self {
-        Tuning { endgame_at: None, sched: Sched::Auto }
+        Tuning {
+            endgame_at: None,
+            sched: Sched::Auto,
+        }
     }
 }
 
@@ -204,9 +208,12 @@ fn build_with(backends: &[MaglevBackend], size: u32, table: &mut Vec<u32>, tunin
         Sched::Rounds if weights.iter().all(|&w| w == wmax) => {
             fill(table, perms, endgame_at, Equal { n: set.len(), i: 0 })
         }
-        Sched::Rounds => {
-            fill(table, perms, endgame_at, Credit::new(&weights, quotas, wmax))
-        }
+        Sched::Rounds => fill(
+            table,
+            perms,
+            endgame_at,
+            Credit::new(&weights, quotas, wmax),
+        ),
         _ => fill(table, perms, endgame_at, Heap::new(&weights, quotas, wmax)),
     }
 }
@@ -235,8 +242,11 @@ fn quotas(weights: &[u64], size: u32) -> Vec<u64> {
 
 /// Backends with weight > 0 and a real id, sorted by id, duplicates merged.
 fn normalise(backends: &[MaglevBackend]) -> Vec<MaglevBackend> {
-    let mut v: Vec<MaglevBackend> =
-        backends.iter().filter(|b| b.weight > 0 && b.id != NO_BACKEND).copied().collect();
+    let mut v: Vec<MaglevBackend> = backends
+        .iter()
+        .filter(|b| b.weight > 0 && b.id != NO_BACKEND)
+        .copied()
+        .collect();
     v.sort_unstable_by_key(|b| b.id);
     v.dedup_by(|b, a| {
         if a.id == b.id {
@@ -302,8 +312,12 @@ impl<'a> Credit<'a> {
     /// (that would be a coin toss for the branch predictor).
     fn next_round(&mut self) {
         let mut len = 0;
-        for (i, ((c, l), &w)) in
-            self.credit.iter_mut().zip(self.left.iter_mut()).zip(self.weights).enumerate()
+        for (i, ((c, l), &w)) in self
+            .credit
+            .iter_mut()
+            .zip(self.left.iter_mut())
+            .zip(self.weights)
+            .enumerate()
         {
             let earned = *c + w >= self.wmax;
             *c = *c + w - if earned { self.wmax } else { 0 };
@@ -342,8 +356,13 @@ struct Heap<'a> {
 
 impl<'a> Heap<'a> {
     fn new(weights: &'a [u64], quotas: Vec<u64>, wmax: u64) -> Self {
-        let mut h =
-            Heap { weights, quotas, wmax, heap: BinaryHeap::new(), turns: vec![0; weights.len()] };
+        let mut h = Heap {
+            weights,
+            quotas,
+            wmax,
+            heap: BinaryHeap::new(),
+            turns: vec![0; weights.len()],
+        };
         h.heap = (0..weights.len())
             .filter(|&i| h.quotas[i] > 0)
             .map(|i| Reverse((h.round(1, i), i as u32)))
@@ -364,7 +383,8 @@ impl Turns for Heap<'_> {
         let i = i as usize;
         self.turns[i] += 1;
         if self.turns[i] < self.quotas[i] {
-            self.heap.push(Reverse((self.round(self.turns[i] + 1, i), i as u32)));
+            self.heap
+                .push(Reverse((self.round(self.turns[i] + 1, i), i as u32)));
         }
         i
     }
@@ -387,7 +407,11 @@ impl Perms {
             next.push(o);
             skip.push(s);
         }
-        Perms { next, skip, id: set.iter().map(|b| b.id).collect() }
+        Perms {
+            next,
+            skip,
+            id: set.iter().map(|b| b.id).collect(),
+        }
     }
 }
 
@@ -476,7 +500,11 @@ fn scan(free: &[u32], size: u32, base: u32, inv: u32, barrett: u64) -> usize {
     let (m, inv) = (size as u64, inv as u64);
     let mut best = (u64::MAX, 0usize);
     for (k, &s) in free.iter().enumerate() {
-        let d = if s >= base { s - base } else { s + (size - base) } as u64;
+        let d = if s >= base {
+            s - base
+        } else {
+            s + (size - base)
+        } as u64;
         // steps = d * inv mod m with d, inv < m <= 2^32: Barrett reduction,
         // the estimated quotient is exact or one short.
         let x = d * inv;
@@ -506,10 +534,10 @@ mod tests {
             return table;
         }
         let total: u128 = set.iter().map(|b| b.weight as u128).sum();
-        let ideal = |b: &MaglevBackend| (size as u128 * b.weight as u128, total);
-        let mut quota: Vec<u64> = set.iter().map(|b| (ideal(b).0 / total) as u64).collect();
+        let share = |b: &MaglevBackend| size as u128 * b.weight as u128;
+        let mut quota: Vec<u64> = set.iter().map(|b| (share(b) / total) as u64).collect();
         let mut order: Vec<usize> = (0..set.len()).collect();
-        order.sort_by_key(|&i| (Reverse(ideal(&set[i]).0 % total), i));
+        order.sort_by_key(|&i| (Reverse(share(&set[i]) % total), i));
         let short = size as usize - quota.iter().sum::<u64>() as usize;
         for &i in &order[..short] {
             quota[i] += 1;
@@ -563,8 +591,11 @@ mod tests {
     }
 
     fn backends() -> impl Strategy<Value = Vec<MaglevBackend>> {
-        prop::collection::vec((1u32..60, 0u32..12), 0..24)
-            .prop_map(|v| v.into_iter().map(|(id, weight)| MaglevBackend { id, weight }).collect())
+        prop::collection::vec((1u32..60, 0u32..12), 0..24).prop_map(|v| {
+            v.into_iter()
+                .map(|(id, weight)| MaglevBackend { id, weight })
+                .collect()
+        })
     }
 
     proptest! {
@@ -613,7 +644,7 @@ mod tests {
             for (&qi, &w) in q.iter().zip(&weights) {
                 let share = size as u128 * w as u128;
                 let lo = (share / total) as u64;
-                prop_assert!(qi == lo || (qi == lo + 1 && share % total != 0));
+                prop_assert!(qi == lo || (qi == lo + 1 && !share.is_multiple_of(total)));
             }
         }
 
@@ -629,13 +660,23 @@ mod tests {
 
     #[test]
     fn reference_matches_at_full_size() {
-        let bs: Vec<_> = (1..=300).map(|id| MaglevBackend { id: id * 13, weight: id % 7 + 1 }).collect();
+        let bs: Vec<_> = (1..=300)
+            .map(|id| MaglevBackend {
+                id: id * 13,
+                weight: id % 7 + 1,
+            })
+            .collect();
         assert_eq!(build(&bs, 65537), reference(&bs, 65537));
-        let bs: Vec<_> = (1..=300).map(|id| MaglevBackend { id, weight: 1 }).collect();
+        let bs: Vec<_> = (1..=300)
+            .map(|id| MaglevBackend { id, weight: 1 })
+            .collect();
         assert_eq!(build(&bs, 65537), reference(&bs, 65537));
         // Skewed weights take the heap.
         let mut bs: Vec<_> = (1..=50).map(|id| MaglevBackend { id, weight: 1 }).collect();
-        bs.push(MaglevBackend { id: 99, weight: 1000 });
+        bs.push(MaglevBackend {
+            id: 99,
+            weight: 1000,
+        });
         assert_eq!(build(&bs, 65537), reference(&bs, 65537));
     }
 

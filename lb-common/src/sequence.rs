@@ -120,6 +120,7 @@ fn wrr_cycle(live: &[MaglevBackend], weights: &[u32]) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn mb(id: u32, weight: u32) -> MaglevBackend {
         MaglevBackend { id, weight }
@@ -175,13 +176,124 @@ mod tests {
         out
     }
 
+    fn list(bs: &[MaglevBackend]) -> Vec<(u32, u32)> {
+        bs.iter().map(|b| (b.id, b.weight)).collect()
+    }
+
+    fn count(seq: &[u32], id: u32) -> usize {
+        seq.iter().filter(|&&x| x == id).count()
+    }
+
     #[test]
-    fn wrr_432_matches_ipvs() {
+    fn wrr_432_is_ipvs_order() {
         let bs = [mb(1, 4), mb(2, 3), mb(3, 2)];
         // cw = 4: 1 | cw = 3: 1 2 | cw = 2: 1 2 3 | cw = 1: 1 2 3
         let seq = wrr_sequence(&bs, 1000);
-        assert_eq!(seq, vec![1, 1, 2, 1, 2, 3, 1, 2, 3]);
-        let list: Vec<(u32, u32)> = bs.iter().map(|b| (b.id, b.weight)).collect();
-        assert_eq!(seq, ipvs_wrr(&list, seq.len()));
+        assert_eq!(seq, [1, 1, 2, 1, 2, 3, 1, 2, 3]);
+        assert_eq!(seq, ipvs_wrr(&list(&bs), seq.len()));
+        assert_eq!((count(&seq, 1), count(&seq, 2), count(&seq, 3)), (4, 3, 2));
+    }
+
+    #[test]
+    fn wrr_divides_by_the_gcd() {
+        // cw = 6, 4, 2 (step 2): 1 | 1 2 | 1 2 3
+        let bs = [mb(1, 6), mb(2, 4), mb(3, 2)];
+        let seq = wrr_sequence(&bs, 1000);
+        assert_eq!(seq, [1, 1, 2, 1, 2, 3]);
+        assert_eq!(seq, ipvs_wrr(&list(&bs), 6));
+        // Fits in 6 thanks to the gcd: no scaling.
+        assert_eq!(wrr_sequence(&[mb(1, 300), mb(2, 200), mb(3, 100)], 6), seq);
+        // Equal weights: plain round robin.
+        assert_eq!(
+            wrr_sequence(&[mb(7, 5), mb(8, 5), mb(9, 5)], 1000),
+            [7, 8, 9]
+        );
+    }
+
+    #[test]
+    fn wrr_skips_drained_backends() {
+        let bs = [mb(1, 0), mb(2, 3), mb(3, 0), mb(4, 1), mb(NO_BACKEND, 9)];
+        // cw = 3: 2 | cw = 2: 2 | cw = 1: 2 4
+        assert_eq!(wrr_sequence(&bs, 1000), [2, 2, 2, 4]);
+        assert_eq!(wrr_sequence(&bs[..4], 1000), ipvs_wrr(&list(&bs[..4]), 4));
+        assert!(wrr_sequence(&[], 1000).is_empty());
+        assert!(wrr_sequence(&[mb(1, 0), mb(2, 0)], 1000).is_empty());
+        assert!(wrr_sequence(&[mb(1, 1)], 0).is_empty());
+    }
+
+    #[test]
+    fn wrr_scales_down_to_fit() {
+        // 5, 3, 1 is 9 long. Scaled by t/9: t = 5 gives 2, 1, 1 (4 <= 5),
+        // t = 6 gives 3, 2, 1 (6 > 5).
+        // cw = 2: 1 | cw = 1: 1 2 3
+        assert_eq!(
+            wrr_sequence(&[mb(1, 5), mb(2, 3), mb(3, 1)], 5),
+            [1, 1, 2, 3]
+        );
+        // Weights 1000 and 1 in 101: 100 and 1 (rounded down, at least 1).
+        let seq = wrr_sequence(&[mb(1, 1000), mb(2, 1)], 101);
+        assert_eq!((count(&seq, 1), count(&seq, 2)), (100, 1));
+        // Fewer slots than backends: the first ones, once each.
+        assert_eq!(
+            wrr_sequence(&[mb(1, 1), mb(2, 5), mb(3, 1), mb(4, 2)], 3),
+            [1, 2, 3]
+        );
+    }
+
+    #[test]
+    fn rr_is_the_ids_in_order() {
+        assert_eq!(rr_sequence(&[5, 3, 9, 1]), [5, 3, 9, 1]);
+        assert_eq!(rr_sequence(&[5, NO_BACKEND, 3]), [5, 3]);
+        assert!(rr_sequence(&[]).is_empty());
+    }
+
+    fn weighted() -> impl Strategy<Value = Vec<MaglevBackend>> {
+        prop::collection::vec(0u32..=20, 0..12).prop_map(|ws| {
+            ws.into_iter()
+                .enumerate()
+                .map(|(i, w)| mb(i as u32 + 1, w))
+                .collect()
+        })
+    }
+
+    proptest! {
+        /// One cycle of IPVS's scheduler, and it repeats.
+        #[test]
+        fn wrr_is_one_ipvs_cycle(bs in weighted()) {
+            let seq = wrr_sequence(&bs, u32::MAX);
+            let g = bs.iter().fold(0, |g, b| gcd(g, b.weight));
+            let len: u32 = bs.iter().map(|b| b.weight.checked_div(g).unwrap_or(0)).sum();
+            prop_assert_eq!(seq.len() as u32, len);
+            for b in &bs {
+                prop_assert_eq!(count(&seq, b.id) as u32, b.weight.checked_div(g).unwrap_or(0));
+            }
+            let two = ipvs_wrr(&list(&bs), 2 * seq.len());
+            prop_assert_eq!(&two[..seq.len()], &seq[..]);
+            prop_assert_eq!(&two[seq.len()..], &seq[..]);
+        }
+
+        /// Scaled sequences fit, keep everybody, keep the weights' order,
+        /// and are themselves IPVS cycles (of the scaled weights).
+        #[test]
+        fn wrr_scaled_fits(
+            ws in prop::collection::vec(1u32..=100_000, 1..20),
+            extra in 0u32..300,
+        ) {
+            let bs: Vec<_> = ws.iter().enumerate().map(|(i, &w)| mb(i as u32 + 1, w)).collect();
+            let max_len = bs.len() as u32 + extra;
+            let seq = wrr_sequence(&bs, max_len);
+            prop_assert!(seq.len() as u32 <= max_len);
+            let c: Vec<u32> = bs.iter().map(|b| count(&seq, b.id) as u32).collect();
+            for (i, a) in bs.iter().enumerate() {
+                prop_assert!(c[i] >= 1);
+                for (j, b) in bs.iter().enumerate() {
+                    if a.weight >= b.weight {
+                        prop_assert!(c[i] >= c[j], "{:?} -> {:?}", ws, c);
+                    }
+                }
+            }
+            let scaled: Vec<_> = bs.iter().zip(&c).map(|(b, &w)| mb(b.id, w)).collect();
+            prop_assert_eq!(&seq, &ipvs_wrr(&list(&scaled), seq.len()));
+        }
     }
 }

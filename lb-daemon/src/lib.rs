@@ -4,7 +4,7 @@
 pub mod bpf_maps;
 pub mod config;
 pub mod loader;
-pub mod state;
+pub use lb_common::state;
 pub mod stats;
 pub mod sync;
 

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Result, bail};
 use lb_common::{
-    BACKEND_F_VALID, Backend, CTRL_F_SRC_FROM_FLOW, Ctrl, FAMILY_V4, FAMILY_V6, VIP_F_ADDR_MARKER,
+    BACKEND_F_VALID, Backend, CTRL_F_HAS_WILDCARD, CTRL_F_SRC_FROM_FLOW, Ctrl, FAMILY_V4, FAMILY_V6, VIP_F_ADDR_MARKER,
     VipKey, VipMeta,
     maglev::{self, MaglevBackend},
     sequence,
@@ -162,7 +162,10 @@ impl Projector {
         }
         let mut report = ApplyReport::default();
         let conn_timeout = dp.ctrl().map(|c| c.conn_timeout_secs).unwrap_or(900);
-        let ctrl = ctrl_for(&desired.tunnel, self.ring_size, conn_timeout);
+        let mut ctrl = ctrl_for(&desired.tunnel, self.ring_size, conn_timeout);
+        if desired.services.iter().any(|s| s.port == 0) {
+            ctrl.flags |= CTRL_F_HAS_WILDCARD;
+        }
         if dp.ctrl()? != ctrl {
             dp.set_ctrl(&ctrl)?;
         }

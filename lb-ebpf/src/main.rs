@@ -68,7 +68,7 @@ fn try_lb(ctx: &XdpContext) -> Result<Reason, Reason> {
     if p.frag == FRAG_LATER {
         return later_fragment(ctx, &p, ctrl);
     }
-    let Some(vip) = select::vip(&p.flow) else {
+    let Some(vip) = select::vip(&p.flow, ctrl) else {
         return Ok(Reason::PassNotVip);
     };
     let choice = select::choose(&p.flow, vip, ctrl, p.tcp_flags, true)?;

@@ -28,8 +28,12 @@ pub static MAGLEV: Array<[u32; 2]> =
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 
+/// BPF_F_NO_COMMON_LRU: per-CPU LRU lists, so inserting a new flow takes no shared lock.
+const F_NO_COMMON_LRU: u32 = 1 << 1;
+
 #[map]
-pub static CONNS: LruHashMap<FlowKey, Conn> = LruHashMap::with_max_entries(DEFAULT_CONNS, 0);
+pub static CONNS: LruHashMap<FlowKey, Conn> =
+    LruHashMap::with_max_entries(DEFAULT_CONNS, F_NO_COMMON_LRU);
 
 #[map]
 pub static PERSIST: LruHashMap<PersistKey, PersistVal> =

@@ -3,7 +3,7 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use lb_common::{
-    BACKEND_F_VALID, Backend, CONN_F_ACK_SEEN, CONN_F_SYN_SEEN, Conn, Ctrl, FlowKey, NO_BACKEND,
+    BACKEND_F_VALID, Backend, CONN_F_ACK_SEEN, CTRL_F_HAS_WILDCARD, CONN_F_SYN_SEEN, Conn, Ctrl, FlowKey, NO_BACKEND,
     PersistKey, PersistVal, Reason, SCHED_RR, SCHED_SH, SCHED_WRR, VipKey, VipMeta,
     hash::{flow_hash, slot, src_hash},
 };
@@ -16,7 +16,7 @@ const TCP_ACK: u8 = 0x10;
 
 /// VIP lookup: exact (addr, port, proto), then the address's wildcard-port service.
 #[inline(always)]
-pub fn vip(flow: &FlowKey) -> Option<&'static VipMeta> {
+pub fn vip(flow: &FlowKey, ctrl: &Ctrl) -> Option<&'static VipMeta> {
     let mut key = VipKey {
         addr: flow.dst,
         port: flow.dport,
@@ -25,6 +25,9 @@ pub fn vip(flow: &FlowKey) -> Option<&'static VipMeta> {
     };
     if let Some(m) = unsafe { VIPS.get(&key) } {
         return Some(m);
+    }
+    if ctrl.flags & CTRL_F_HAS_WILDCARD == 0 {
+        return None;
     }
     key.port = 0;
     unsafe { VIPS.get(&key) }

@@ -16,8 +16,8 @@ pub enum Proto {
 impl Proto {
     pub fn number(self) -> u8 {
         match self {
-            Proto::Tcp => lb_common::PROTO_TCP,
-            Proto::Udp => lb_common::PROTO_UDP,
+            Proto::Tcp => crate::PROTO_TCP,
+            Proto::Udp => crate::PROTO_UDP,
         }
     }
 }
@@ -55,10 +55,10 @@ pub enum Scheduler {
 impl Scheduler {
     pub fn code(self) -> u32 {
         match self {
-            Scheduler::Mh => lb_common::SCHED_MH,
-            Scheduler::Sh => lb_common::SCHED_SH,
-            Scheduler::Rr => lb_common::SCHED_RR,
-            Scheduler::Wrr => lb_common::SCHED_WRR,
+            Scheduler::Mh => crate::SCHED_MH,
+            Scheduler::Sh => crate::SCHED_SH,
+            Scheduler::Rr => crate::SCHED_RR,
+            Scheduler::Wrr => crate::SCHED_WRR,
         }
     }
 }
@@ -79,9 +79,9 @@ pub enum Forward {
 impl Forward {
     pub fn mode(self) -> u32 {
         match self {
-            Forward::Dr => lb_common::MODE_DR,
-            Forward::Tun => lb_common::MODE_TUN_IPIP,
-            Forward::Gue => lb_common::MODE_TUN_GUE,
+            Forward::Dr => crate::MODE_DR,
+            Forward::Tun => crate::MODE_TUN_IPIP,
+            Forward::Gue => crate::MODE_TUN_GUE,
         }
     }
 }
@@ -106,7 +106,7 @@ fn one() -> u32 {
     1
 }
 fn gue_port() -> u16 {
-    lb_common::DEFAULT_GUE_PORT
+    crate::DEFAULT_GUE_PORT
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
