@@ -11,14 +11,14 @@ pub mod types;
 
 #[cfg(feature = "user")]
 pub mod maglev;
+/// Operations on the desired state (ipvsadm semantics), shared by the daemon and lbctl.
+#[cfg(feature = "user")]
+pub mod ops;
 #[cfg(feature = "user")]
 pub mod sequence;
 /// The desired state (services, real servers, tunnel settings): shared by the daemon and lbctl.
 #[cfg(feature = "user")]
 pub mod state;
-/// Operations on the desired state (ipvsadm semantics), shared by the daemon and lbctl.
-#[cfg(feature = "user")]
-pub mod ops;
 
 pub use consts::*;
 pub use types::*;

@@ -648,6 +648,28 @@ mod tests {
             }
         }
 
+        /// The endgame's modular arithmetic, for sizes up to 2^32 - 1 (the
+        /// table tests only reach small sizes).
+        #[test]
+        fn scan_picks_the_fewest_steps(
+            size in 2u32..=u32::MAX,
+            base in any::<u32>(),
+            skip in any::<u32>(),
+            free in prop::collection::btree_set(any::<u32>(), 1..40),
+        ) {
+            let (base, skip) = (base % size, skip % (size - 1) + 1);
+            prop_assume!(gcd(skip, size) == 1);
+            let free: Vec<u32> = free.into_iter().map(|s| s % size).collect();
+            let inv = mod_inverse(skip, size);
+            let m = size as u128;
+            let steps = |s: u32| (s as u128 + m - base as u128) % m * inv as u128 % m;
+            let k = scan(&free, size, base, inv, u64::MAX / size as u64);
+            let best = free.iter().map(|&s| steps(s)).min().unwrap();
+            prop_assert_eq!(steps(free[k]), best);
+            // And `best` steps of `skip` from `base` do land on it.
+            prop_assert_eq!((base as u128 + best * skip as u128) % m, free[k] as u128);
+        }
+
         #[test]
         fn mod_inverse_inverts(m in 2u32..=u32::MAX, a in 1u32..=u32::MAX) {
             let a = a % m;

@@ -20,9 +20,10 @@ pub fn rr_sequence(ids: &[u32]) -> Vec<u32> {
 /// IPVS keeps a current weight `cw` that starts at the largest weight and
 /// drops by the gcd of the weights after each pass over the list (wrapping
 /// back to the largest weight after the pass at `cw == gcd`); in a pass it
-/// picks, in list order, every backend whose weight is `>= cw`. One cycle is
-/// `sum(weights) / gcd` picks long, and each backend appears `weight / gcd`
-/// times.
+/// picks, in list order, every backend whose weight is `>= cw`. (The kernel
+/// counts `cw` from `max - gcd + 1` down to 1 instead: the same picks, since
+/// every weight is a multiple of the gcd.) One cycle is `sum(weights) / gcd`
+/// picks long, and each backend appears `weight / gcd` times.
 ///
 /// Backends with weight 0 (drained) or id `NO_BACKEND` never appear. If no
 /// backend remains, or `max_len` is 0, the result is empty.

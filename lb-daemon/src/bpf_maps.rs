@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf,
     maps::{Array, HashMap, Map, MapData, PerCpuArray},
-    programs::{Xdp, XdpMode},
+    programs::{Xdp, XdpMode, xdp::XdpLinkId},
 };
 use lb_common::{
     Backend, Conn, Counters, Ctrl, FlowKey, REASON_SLOTS, Reason, VipKey, VipMeta, map_names as m,
@@ -151,18 +151,19 @@ impl DataPlane {
     }
 
     /// Attaches program `prog` to an interface: native mode, else generic mode with a warning.
-    pub fn attach(&mut self, prog: &str, ifname: &str) -> Result<&'static str> {
+    pub fn attach(&mut self, prog: &str, ifname: &str) -> Result<(&'static str, XdpLinkId)> {
         let c = std::ffi::CString::new(ifname)?;
         let prog = self.program(prog)?;
         match prog.attach(c.as_c_str(), XdpMode::Driver) {
-            Ok(_) => Ok("native"),
+            Ok(id) => Ok(("native", id)),
             Err(e) => {
                 tracing::warn!(
                     "native XDP on {ifname} failed ({e}); falling back to generic (skb) mode, which is much slower"
                 );
-                prog.attach(c.as_c_str(), XdpMode::Skb)
+                let id = prog
+                    .attach(c.as_c_str(), XdpMode::Skb)
                     .with_context(|| format!("attaching XDP to {ifname}"))?;
-                Ok("generic")
+                Ok(("generic", id))
             }
         }
     }
@@ -274,6 +275,33 @@ impl DataPlane {
     /// Per-CPU packet counts of one VIP (the busiest core, not the average).
     pub fn vip_counters_per_cpu(&self, idx: u32) -> Result<Vec<Counters>> {
         Ok(self.vip_stats.get(&idx, 0)?.iter().copied().collect())
+    }
+
+    /// Zeroes the traffic counters of the given VIP indexes and backend ids
+    /// (`ipvsadm -Z`); `None` zeroes everything, reasons included.
+    pub fn zero(&mut self, only: Option<(&[u32], &[u32])>) -> Result<()> {
+        let n = aya::util::nr_cpus().map_err(|(_, e)| e)?.get() as usize;
+        let zc = || aya::maps::PerCpuValues::try_from(vec![Counters::default(); n]);
+        let (vips, backends): (Vec<u32>, Vec<u32>) = match only {
+            Some((v, b)) => (v.to_vec(), b.to_vec()),
+            None => (
+                (0..self.cap.max_vips).collect(),
+                (0..self.cap.max_backends).collect(),
+            ),
+        };
+        for i in vips {
+            self.vip_stats.set(i, zc()?, 0)?;
+        }
+        for i in backends {
+            self.backend_stats.set(i, zc()?, 0)?;
+        }
+        if only.is_none() {
+            for r in 0..REASON_SLOTS {
+                self.reasons
+                    .set(r, aya::maps::PerCpuValues::try_from(vec![0u64; n])?, 0)?;
+            }
+        }
+        Ok(())
     }
 
     /// Global counters by reason, summed over CPUs.

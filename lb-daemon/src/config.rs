@@ -19,11 +19,33 @@ pub struct Daemon {
     pub instance: String,
     /// Idle seconds after which a connection entry stops pinning its backend.
     pub conn_timeout: u32,
+    /// API unix socket (root only); default /run/lb/<instance>.sock.
+    pub socket: Option<PathBuf>,
+    /// The running state, persisted on every change; default /var/lib/lb/<instance>.state.json.
+    pub state_file: Option<PathBuf>,
+    /// Optional TCP listener for the API ("127.0.0.1:9180"); needs `api_token_file`.
+    pub api_listen: Option<std::net::SocketAddr>,
+    /// File holding the bearer token for the TCP listener.
+    pub api_token_file: Option<PathBuf>,
+    /// Source addresses allowed on the TCP listener (empty: any).
+    pub api_allow: Vec<std::net::IpAddr>,
+    /// Log as JSON lines.
+    pub log_json: bool,
 }
 
 impl Default for Daemon {
     fn default() -> Self {
-        Daemon { interfaces: Vec::new(), instance: "lb".into(), conn_timeout: 900 }
+        Daemon {
+            interfaces: Vec::new(),
+            instance: "lb".into(),
+            conn_timeout: 900,
+            socket: None,
+            state_file: None,
+            api_listen: None,
+            api_token_file: None,
+            api_allow: Vec::new(),
+            log_json: false,
+        }
     }
 }
 
@@ -38,27 +60,54 @@ pub struct Config {
 
 impl Config {
     pub fn parse(text: &str, origin: &str) -> Result<Self> {
-        let c: Config = toml::from_str(text).with_context(|| format!("{origin}: invalid configuration"))?;
-        c.validate().with_context(|| format!("{origin}: invalid configuration"))?;
+        let c: Config =
+            toml::from_str(text).with_context(|| format!("{origin}: invalid configuration"))?;
+        c.validate()
+            .with_context(|| format!("{origin}: invalid configuration"))?;
         Ok(c)
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         Self::parse(&text, &path.display().to_string())
     }
 
     pub fn validate(&self) -> Result<()> {
         self.capacity.validate()?;
         if self.daemon.instance.is_empty()
-            || !self.daemon.instance.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            || !self
+                .daemon
+                .instance
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            bail!("daemon.instance: {:?} must be non-empty [A-Za-z0-9_-]", self.daemon.instance);
+            bail!(
+                "daemon.instance: {:?} must be non-empty [A-Za-z0-9_-]",
+                self.daemon.instance
+            );
+        }
+        if self.daemon.api_listen.is_some() && self.daemon.api_token_file.is_none() {
+            bail!("daemon.api_listen: a TCP listener needs daemon.api_token_file (bearer token)");
         }
         if self.daemon.conn_timeout == 0 {
             bail!("daemon.conn_timeout: must be at least 1 second");
         }
-        self.state.validate(self.capacity.max_vips, self.capacity.max_backends)
+        self.state
+            .validate(self.capacity.max_vips, self.capacity.max_backends)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.daemon
+            .socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("/run/lb/{}.sock", self.daemon.instance)))
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        self.daemon.state_file.clone().unwrap_or_else(|| {
+            PathBuf::from(format!("/var/lib/lb/{}.state.json", self.daemon.instance))
+        })
     }
 
     pub fn pin_dir(&self) -> PathBuf {

@@ -1,9 +1,12 @@
 //! lb-daemon: loads the XDP programs, projects the desired state into BPF maps,
 //! and serves the operator.
 
+pub mod api;
 pub mod bpf_maps;
 pub mod config;
 pub mod loader;
+pub mod persist;
+pub mod runtime;
 pub use lb_common::state;
 pub mod stats;
 pub mod sync;

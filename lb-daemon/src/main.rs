@@ -1,16 +1,17 @@
-//! lb-daemon: loads the XDP programs, applies the configuration, attaches, and
-//! reports per-service and per-backend counters.
+//! lb-daemon: loads (or adopts) the XDP data plane, applies the running state,
+//! attaches, serves the API, and reports per-service and per-backend counters.
 
-use std::{path::PathBuf, time::Duration};
+use std::{os::unix::fs::PermissionsExt as _, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
 use clap::Parser;
 use lb_daemon::{
-    bpf_maps::DataPlane,
+    api::{self, Shared},
     config::{Config, DEFAULT_CONFIG},
+    runtime::Runtime,
     stats,
-    sync::Projector,
 };
+use tokio::{net::UnixListener, sync::Notify};
 use tracing::{info, warn};
 
 #[derive(Parser, Debug)]
@@ -22,6 +23,19 @@ struct Args {
     /// Interface to attach to (repeatable); overrides daemon.interfaces.
     #[arg(short, long = "iface")]
     interfaces: Vec<String>,
+    /// On exit, detach the programs and remove the pins (default: the data plane keeps
+    /// forwarding without the daemon, and the next daemon adopts it).
+    #[arg(long)]
+    detach_on_exit: bool,
+    /// Don't pin maps and links (a throw-away data plane that lives with the process).
+    #[arg(long)]
+    no_pin: bool,
+    /// State file (overrides daemon.state_file).
+    #[arg(long)]
+    state_file: Option<PathBuf>,
+    /// API socket (overrides daemon.socket).
+    #[arg(long)]
+    socket: Option<PathBuf>,
     /// Print the stats table every N seconds.
     #[arg(long, value_name = "SECONDS")]
     stats_interval: Option<u64>,
@@ -33,15 +47,21 @@ struct Args {
     print_default_config: bool,
 }
 
-#[tokio::main(flavor = "current_thread")]
+fn init_logging(json: bool) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
     if args.print_default_config {
         print!("{DEFAULT_CONFIG}");
@@ -51,31 +71,69 @@ async fn main() -> Result<()> {
         Some(p) => Config::load(p)?,
         None => Config::parse(DEFAULT_CONFIG, "embedded default")?,
     };
+    init_logging(cfg.daemon.log_json);
     if !args.interfaces.is_empty() {
         cfg.daemon.interfaces = args.interfaces.clone();
+    }
+    if let Some(s) = &args.socket {
+        cfg.daemon.socket = Some(s.clone());
+    }
+    if let Some(s) = &args.state_file {
+        cfg.daemon.state_file = Some(s.clone());
     }
     if args.check {
         println!("configuration OK: {} services", cfg.state.services.len());
         return Ok(());
     }
-
-    let mut dp = DataPlane::load(&cfg.capacity)?;
-    let mut proj = Projector::new(cfg.capacity.max_vips, cfg.capacity.max_backends, cfg.capacity.ring_size);
-    let mut ctrl = dp.ctrl()?;
-    ctrl.conn_timeout_secs = cfg.daemon.conn_timeout;
-    dp.set_ctrl(&ctrl)?;
-    let report = proj.apply(&mut dp, &cfg.state).context("applying the configuration")?;
-    info!(
-        services = report.services_added,
-        slots = report.slots_written,
-        "configuration applied"
-    );
-    for ifname in &cfg.daemon.interfaces {
-        let mode = dp.attach("xdp_lb", ifname)?;
-        info!(interface = %ifname, mode, "xdp_lb attached");
+    let pin = !args.no_pin;
+    if pin && !std::path::Path::new("/sys/fs/bpf").join(".").exists() {
+        warn!("/sys/fs/bpf is missing: mount bpffs (mount -t bpf bpf /sys/fs/bpf)");
     }
-    if cfg.daemon.interfaces.is_empty() {
-        warn!("no interface configured: the data plane is loaded but sees no traffic");
+    let socket = cfg.socket();
+    let token = match &cfg.daemon.api_token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading {}", p.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let mut rt = Runtime::start(cfg.clone(), cfg.state_file(), pin)?;
+    rt.attach(pin)?;
+    let shared = Arc::new(Shared {
+        rt: tokio::sync::Mutex::new(rt),
+        shutdown: Notify::new(),
+        unload: std::sync::atomic::AtomicBool::new(false),
+    });
+
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(&socket);
+    let listener =
+        UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
+    info!(socket = %socket.display(), "API listening");
+    let app = api::router(shared.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    if let (Some(addr), Some(token)) = (cfg.daemon.api_listen, token) {
+        let guard = (Arc::new(token), Arc::new(cfg.daemon.api_allow.clone()));
+        let app = api::router(shared.clone()).layer(axum::middleware::from_fn_with_state(
+            guard,
+            api::require_token,
+        ));
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        info!(%addr, "API listening on TCP (bearer token)");
+        tokio::spawn(async move {
+            axum::serve(
+                tcp,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .await
+        });
     }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -86,15 +144,27 @@ async fn main() -> Result<()> {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
+            _ = shared.shutdown.notified() => break,
             _ = tick.tick() => {
                 if args.stats_interval.is_some() {
-                    print!("{}", stats::stats_table(&dp, &proj, &cfg.state, false)?);
+                    let rt = shared.rt.lock().await;
+                    print!("{}", stats::stats_table(&rt.dp, &rt.proj, &rt.state, false)?);
                 }
             }
         }
     }
-    print!("{}", stats::stats_table(&dp, &proj, &cfg.state, false)?);
-    print!("{}", stats::reasons_table(&dp)?);
-    info!("exiting: programs detach with the daemon");
+    let mut rt = shared.rt.lock().await;
+    print!(
+        "{}",
+        stats::stats_table(&rt.dp, &rt.proj, &rt.state, false)?
+    );
+    print!("{}", stats::reasons_table(&rt.dp)?);
+    let _ = std::fs::remove_file(&socket);
+    if args.detach_on_exit || shared.unload.load(std::sync::atomic::Ordering::SeqCst) || !pin {
+        rt.unload()?;
+        info!("data plane unloaded");
+    } else {
+        info!(pins = %rt.cfg.pin_dir().display(), "exiting; the data plane keeps forwarding");
+    }
     Ok(())
 }

@@ -32,13 +32,23 @@ fn addr_port(a: std::net::IpAddr, port: u16) -> String {
 /// The `--stats` table. Outgoing counters are 0: in DR and TUN mode replies bypass the LB.
 pub fn stats_table(dp: &DataPlane, proj: &Projector, state: &State, exact: bool) -> Result<String> {
     let mut out = String::new();
-    writeln!(out, "{:<33} {:>8} {:>8} {:>8} {:>8} {:>8}", "Prot LocalAddress:Port", "Conns", "InPkts", "OutPkts", "InBytes", "OutBytes")?;
+    writeln!(
+        out,
+        "{:<33} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "Prot LocalAddress:Port", "Conns", "InPkts", "OutPkts", "InBytes", "OutBytes"
+    )?;
     writeln!(out, "  -> RemoteAddress:Port")?;
     for s in &state.services {
         let id = s.id();
-        let Some(idx) = proj.vip_idx(&id) else { continue };
+        let Some(idx) = proj.vip_idx(&id) else {
+            continue;
+        };
         let c = dp.vip_counters(idx)?;
-        let name = format!("{}  {}", id.proto.to_string().to_uppercase(), addr_port(s.address, s.port));
+        let name = format!(
+            "{}  {}",
+            id.proto.to_string().to_uppercase(),
+            addr_port(s.address, s.port)
+        );
         writeln!(
             out,
             "{:<33} {:>8} {:>8} {:>8} {:>8} {:>8}",
@@ -50,7 +60,9 @@ pub fn stats_table(dp: &DataPlane, proj: &Projector, state: &State, exact: bool)
             0
         )?;
         for r in &s.backends {
-            let Some(bid) = proj.backend_id(&id, r.address) else { continue };
+            let Some(bid) = proj.backend_id(&id, r.address) else {
+                continue;
+            };
             let b = dp.backend_counters(bid)?;
             let name = format!("  -> {}", addr_port(r.address, s.port));
             writeln!(
@@ -77,4 +89,9 @@ pub fn reasons_table(dp: &DataPlane) -> Result<String> {
         }
     }
     Ok(out)
+}
+
+/// Placeholder until lb_common::ops::StatsView lands.
+pub fn stats_view(rt: &crate::runtime::Runtime) -> Result<serde_json::Value> {
+    Ok(serde_json::json!({ "table": stats_table(&rt.dp, &rt.proj, &rt.state, true)? }))
 }

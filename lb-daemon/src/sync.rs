@@ -9,8 +9,8 @@ use std::{
 
 use anyhow::{Result, bail};
 use lb_common::{
-    BACKEND_F_VALID, Backend, CTRL_F_HAS_WILDCARD, CTRL_F_SRC_FROM_FLOW, Ctrl, FAMILY_V4, FAMILY_V6, VIP_F_ADDR_MARKER,
-    VipKey, VipMeta,
+    BACKEND_F_VALID, Backend, CTRL_F_HAS_WILDCARD, CTRL_F_SRC_FROM_FLOW, Ctrl, FAMILY_V4,
+    FAMILY_V6, VIP_F_ADDR_MARKER, VipKey, VipMeta,
     maglev::{self, MaglevBackend},
     sequence,
 };
@@ -27,6 +27,20 @@ pub struct ApplyReport {
     pub services_removed: usize,
     pub services_changed: usize,
     pub slots_written: usize,
+}
+
+/// Which VIP index and backend ids each service holds: saved with the state so that a
+/// restarted daemon adopting pinned maps keeps every id (connection entries refer to them).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Alloc {
+    pub services: Vec<AllocEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AllocEntry {
+    pub service: ServiceId,
+    pub idx: u32,
+    pub backends: Vec<(IpAddr, u32)>,
 }
 
 struct Installed {
@@ -131,6 +145,49 @@ impl Projector {
             // id 0 means "no backend".
             free_ids: (1..max_backends).collect(),
             ring_size,
+        }
+    }
+
+    /// Rebuilds the allocation of a previous daemon whose maps we adopted: `state` is what
+    /// it had installed, `alloc` its ids. Nothing is written.
+    pub fn adopt(
+        max_vips: u32,
+        max_backends: u32,
+        ring_size: u32,
+        state: &State,
+        alloc: &Alloc,
+    ) -> Result<Self> {
+        let mut p = Projector::new(max_vips, max_backends, ring_size);
+        for e in &alloc.services {
+            let Some(svc) = state.services.iter().find(|s| s.id() == e.service) else {
+                bail!("state file: allocation for unknown service {}", e.service);
+            };
+            p.free_idx.retain(|i| *i != e.idx);
+            let ids: BTreeMap<IpAddr, u32> = e.backends.iter().copied().collect();
+            p.free_ids.retain(|i| !ids.values().any(|b| b == i));
+            p.installed.insert(
+                e.service,
+                Installed {
+                    svc: svc.clone(),
+                    idx: e.idx,
+                    ids,
+                },
+            );
+        }
+        Ok(p)
+    }
+
+    pub fn alloc(&self) -> Alloc {
+        Alloc {
+            services: self
+                .installed
+                .iter()
+                .map(|(id, i)| AllocEntry {
+                    service: *id,
+                    idx: i.idx,
+                    backends: i.ids.iter().map(|(a, b)| (*a, *b)).collect(),
+                })
+                .collect(),
         }
     }
 

@@ -3,8 +3,9 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use lb_common::{
-    BACKEND_F_VALID, Backend, CONN_F_ACK_SEEN, CTRL_F_HAS_WILDCARD, CONN_F_SYN_SEEN, Conn, Ctrl, FlowKey, NO_BACKEND,
-    PersistKey, PersistVal, Reason, SCHED_RR, SCHED_SH, SCHED_WRR, VipKey, VipMeta,
+    BACKEND_F_VALID, Backend, CONN_F_ACK_SEEN, CONN_F_SYN_SEEN, CTRL_F_HAS_WILDCARD, Conn, Ctrl,
+    FlowKey, NO_BACKEND, PersistKey, PersistVal, Reason, SCHED_RR, SCHED_SH, SCHED_WRR, VipKey,
+    VipMeta,
     hash::{flow_hash, slot, src_hash},
 };
 

@@ -19,8 +19,8 @@ use std::collections::HashMap;
 use anyhow::{Context as _, Result};
 use etherparse::{
     Icmpv4Header, Icmpv4Type, Icmpv6Header, Icmpv6Type, IpDscp, IpEcn, IpFragOffset, IpNumber,
-    Ipv4Header, Ipv4HeaderSlice, Ipv6FlowLabel, Ipv6FragmentHeaderSlice, Ipv6Header,
-    Ipv6HeaderSlice, UdpHeader, icmpv4::DestUnreachableHeader,
+    Ipv4Header, Ipv4HeaderSlice, Ipv6FlowLabel, Ipv6Header, Ipv6HeaderSlice, UdpHeader,
+    icmpv4::DestUnreachableHeader,
 };
 use lb_common::{
     BACKEND_F_VALID, Backend, CONN_F_ACK_SEEN, CONN_F_SYN_SEEN, CTRL_F_SRC_FROM_FLOW, Ctrl,
@@ -60,27 +60,42 @@ impl Config {
     /// Snapshot of the maps the program reads.
     pub fn read(dp: &DataPlane) -> Result<Config> {
         let ctrl = dp.ctrl().context("reading CTRL")?;
-        let vips: HashMap<VipKey, VipMeta> = dp.vips().context("reading VIPS")?.into_iter().collect();
+        let vips: HashMap<VipKey, VipMeta> =
+            dp.vips().context("reading VIPS")?.into_iter().collect();
         let backends = (0..dp.cap.max_backends)
-            .map(|id| dp.backend(id).with_context(|| format!("reading BACKENDS[{id}]")))
+            .map(|id| {
+                dp.backend(id)
+                    .with_context(|| format!("reading BACKENDS[{id}]"))
+            })
             .collect::<Result<Vec<_>>>()?;
         let tables = vips
             .values()
             .filter(|m| m.flags & VIP_F_ADDR_MARKER == 0)
             .map(|m| (m.idx, dp.table(m.idx)))
             .collect();
-        Ok(Config { ctrl, vips, backends, tables })
+        Ok(Config {
+            ctrl,
+            vips,
+            backends,
+            tables,
+        })
     }
 
     /// A configured (valid) backend.
     pub fn backend(&self, id: u32) -> Option<&Backend> {
-        self.backends.get(id as usize).filter(|b| b.flags & BACKEND_F_VALID != 0)
+        self.backends
+            .get(id as usize)
+            .filter(|b| b.flags & BACKEND_F_VALID != 0)
     }
 
     /// VIP lookup: exact (address, port, protocol), then the address's port-0 service.
     pub fn vip(&self, flow: &FlowKey) -> Option<&VipMeta> {
-        let key =
-            VipKey { addr: flow.dst, port: flow.dport, proto: flow.proto, family: flow.family };
+        let key = VipKey {
+            addr: flow.dst,
+            port: flow.dport,
+            proto: flow.proto,
+            family: flow.family,
+        };
         self.vips
             .get(&key)
             .or_else(|| self.vips.get(&VipKey { port: 0, ..key }))
@@ -89,7 +104,12 @@ impl Config {
 
     /// Whether some VIP lives on the flow's destination address.
     pub fn vip_addr_known(&self, flow: &FlowKey) -> bool {
-        let key = VipKey { addr: flow.dst, port: 0, proto: 0, family: flow.family };
+        let key = VipKey {
+            addr: flow.dst,
+            port: 0,
+            proto: 0,
+            family: flow.family,
+        };
         self.vips.contains_key(&key)
     }
 }
@@ -129,9 +149,27 @@ impl Quirks {
     };
     /// Each quirk alone, with its name (to attribute a difference).
     pub const EACH: [(&'static str, Quirks); 3] = [
-        ("headers_past_datagram", Quirks { headers_past_datagram: true, ..Quirks::NONE }),
-        ("icmp_any_family", Quirks { icmp_any_family: true, ..Quirks::NONE }),
-        ("icmp_error_writes_persist", Quirks { icmp_error_writes_persist: true, ..Quirks::NONE }),
+        (
+            "headers_past_datagram",
+            Quirks {
+                headers_past_datagram: true,
+                ..Quirks::NONE
+            },
+        ),
+        (
+            "icmp_any_family",
+            Quirks {
+                icmp_any_family: true,
+                ..Quirks::NONE
+            },
+        ),
+        (
+            "icmp_error_writes_persist",
+            Quirks {
+                icmp_error_writes_persist: true,
+                ..Quirks::NONE
+            },
+        ),
     ];
 }
 
@@ -200,7 +238,12 @@ enum Effect {
     Persist(PersistKey, u32),
     Frag(FragKey, u32, u32),
     RrAdvance(u32, u32),
-    Traffic { vip_idx: u32, backend: u32, bytes: u64, new_conn: bool },
+    Traffic {
+        vip_idx: u32,
+        backend: u32,
+        bytes: u64,
+        new_conn: bool,
+    },
 }
 
 /// An outcome plus the state changes that come with it, not yet applied.
@@ -227,7 +270,11 @@ pub struct Model {
 /// `n` bytes at `off`, if they end by `limit`.
 fn bytes(frame: &[u8], off: usize, n: usize, limit: usize) -> Option<&[u8]> {
     let end = off.checked_add(n)?;
-    if end <= limit.min(frame.len()) { Some(&frame[off..end]) } else { None }
+    if end <= limit.min(frame.len()) {
+        Some(&frame[off..end])
+    } else {
+        None
+    }
 }
 
 fn be16(b: &[u8]) -> u16 {
@@ -277,7 +324,8 @@ pub fn parse(frame: &[u8], q: Quirks) -> Result<Parsed, Reason> {
     let end;
     match ty {
         ETH_P_IP => {
-            let ip = Ipv4HeaderSlice::from_slice(&frame[l3..]).map_err(|_| Reason::PassMalformed)?;
+            let ip =
+                Ipv4HeaderSlice::from_slice(&frame[l3..]).map_err(|_| Reason::PassMalformed)?;
             let hl = ip.slice().len();
             let tot = ip.total_len() as usize;
             if tot < hl || l3 + tot > len {
@@ -291,12 +339,17 @@ pub fn parse(frame: &[u8], q: Quirks) -> Result<Parsed, Reason> {
             p.flow.src[..4].copy_from_slice(&ip.source());
             p.flow.dst[..4].copy_from_slice(&ip.destination());
             if ip.more_fragments() || ip.fragments_offset().value() != 0 {
-                p.frag = if ip.fragments_offset().value() == 0 { Frag::First } else { Frag::Later };
+                p.frag = if ip.fragments_offset().value() == 0 {
+                    Frag::First
+                } else {
+                    Frag::Later
+                };
                 p.frag_id = ip.identification() as u32;
             }
         }
         ETH_P_IPV6 => {
-            let ip = Ipv6HeaderSlice::from_slice(&frame[l3..]).map_err(|_| Reason::PassMalformed)?;
+            let ip =
+                Ipv6HeaderSlice::from_slice(&frame[l3..]).map_err(|_| Reason::PassMalformed)?;
             let tot = ip.payload_length() as usize + Ipv6Header::LEN;
             if l3 + tot > len {
                 return Err(Reason::PassMalformed);
@@ -310,14 +363,17 @@ pub fn parse(frame: &[u8], q: Quirks) -> Result<Parsed, Reason> {
             p.flow.dst = ip.destination();
             if p.flow.proto == IPV6_FRAG {
                 let limit = if q.headers_past_datagram { len } else { end };
-                let raw = bytes(frame, p.l4_off, 8, limit).ok_or(Reason::PassMalformed)?;
-                let fh = Ipv6FragmentHeaderSlice::from_slice(raw).map_err(|_| Reason::PassMalformed)?;
-                p.flow.proto = fh.next_header().0;
+                // Read by hand: etherparse 0.19's Ipv6FragmentHeader(Slice) takes the M flag
+                // from bit 7 of the fourth byte; RFC 8200 puts it in bit 0, with the offset's
+                // low bits above it (offset << 3 | res << 1 | M).
+                let fh = bytes(frame, p.l4_off, 8, limit).ok_or(Reason::PassMalformed)?;
+                let off = be16(&fh[2..]);
+                p.flow.proto = fh[0];
                 p.l4_off += 8;
-                p.frag_id = fh.identification();
-                p.frag = if fh.fragment_offset().value() != 0 {
+                p.frag_id = u32::from_be_bytes([fh[4], fh[5], fh[6], fh[7]]);
+                p.frag = if off >> 3 != 0 {
                     Frag::Later
-                } else if fh.more_fragments() {
+                } else if off & 1 != 0 {
                     Frag::First
                 } else {
                     // An atomic fragment (RFC 6946): a whole datagram.
@@ -375,7 +431,10 @@ fn is_icmp_error(family: u8, ty: u8) -> bool {
 /// The flow an ICMP error's quote (a VIP → client packet at `off`) belongs to,
 /// reversed into client → VIP. Only TCP and UDP quotes are usable.
 fn quoted_flow(frame: &[u8], off: usize, family: u8, limit: usize) -> Option<FlowKey> {
-    let mut f = FlowKey { family, ..FlowKey::default() };
+    let mut f = FlowKey {
+        family,
+        ..FlowKey::default()
+    };
     let l4 = if family == FAMILY_V4 {
         let ip = Ipv4HeaderSlice::from_slice(frame.get(off..limit.min(frame.len()))?).ok()?;
         f.proto = ip.protocol().0;
@@ -450,6 +509,13 @@ impl Model {
         Ok(Model::new(Config::read(dp)?))
     }
 
+    /// Takes a new configuration from the maps (after the daemon changed them), keeping
+    /// the state tables, as the program does.
+    pub fn reload(&mut self, dp: &DataPlane) -> Result<()> {
+        self.cfg = Config::read(dp)?;
+        Ok(())
+    }
+
     /// Decides and commits one frame (with `self.quirks`).
     pub fn process(&mut self, frame: &[u8]) -> Outcome {
         let d = self.decide(frame, self.quirks);
@@ -459,7 +525,14 @@ impl Model {
 
     /// What `frame` would do now, without changing any state.
     pub fn decide(&self, frame: &[u8], q: Quirks) -> Decision {
-        let mut cx = Ctx { frame, q, fx: Vec::new(), backend: None, conn_flow: None, out: None };
+        let mut cx = Ctx {
+            frame,
+            q,
+            fx: Vec::new(),
+            backend: None,
+            conn_flow: None,
+            out: None,
+        };
         let reason = match self.lb(&mut cx) {
             Ok(r) | Err(r) => r,
         };
@@ -502,7 +575,12 @@ impl Model {
                 Effect::RrAdvance(idx, next) => {
                     self.rr.insert(*idx, *next);
                 }
-                Effect::Traffic { vip_idx, backend, bytes, new_conn } => {
+                Effect::Traffic {
+                    vip_idx,
+                    backend,
+                    bytes,
+                    new_conn,
+                } => {
                     for t in [
                         self.vip_traffic.entry(*vip_idx).or_default(),
                         self.backend_traffic.entry(*backend).or_default(),
@@ -530,7 +608,12 @@ impl Model {
     }
 
     pub fn persist(&self, client: &[u8; 16], vip_idx: u32) -> Option<u32> {
-        self.persist.get(&PersistKey { client: *client, vip_idx }).copied()
+        self.persist
+            .get(&PersistKey {
+                client: *client,
+                vip_idx,
+            })
+            .copied()
     }
 
     pub fn frag_count(&self) -> usize {
@@ -630,7 +713,11 @@ impl Model {
                 r => r,
             });
         }
-        Ok(if self.cfg.vip_addr_known(&p.flow) { Reason::PassIcmpOther } else { Reason::PassNotVip })
+        Ok(if self.cfg.vip_addr_known(&p.flow) {
+            Reason::PassIcmpOther
+        } else {
+            Reason::PassNotVip
+        })
     }
 
     /// The backend for `flow`: its connection entry, else persistence, else the
@@ -654,7 +741,10 @@ impl Model {
         let id = if vip.persist_secs == 0 {
             self.schedule(cx, flow, vip)?
         } else {
-            let key = PersistKey { client: flow.src, vip_idx: vip.idx };
+            let key = PersistKey {
+                client: flow.src,
+                vip_idx: vip.idx,
+            };
             match self.persist.get(&key) {
                 Some(&b) if self.cfg.backend(b).is_some() => b,
                 _ => {
@@ -677,7 +767,14 @@ impl Model {
             if tcp_flags & TCP_ACK != 0 {
                 flags |= CONN_F_ACK_SEEN;
             }
-            cx.fx.push(Effect::ConnInsert(*flow, ConnEntry { backend: id, flags, vip_idx: vip.idx }));
+            cx.fx.push(Effect::ConnInsert(
+                *flow,
+                ConnEntry {
+                    backend: id,
+                    flags,
+                    vip_idx: vip.idx,
+                },
+            ));
         }
         Ok((id, true))
     }
@@ -688,13 +785,26 @@ impl Model {
             SCHED_SH => slot(src_hash(&flow.src), ring),
             SCHED_RR | SCHED_WRR => {
                 let len = vip.seq_len;
-                let cur = self.rr.get(&vip.idx).copied().filter(|&c| c < len).unwrap_or(0);
-                cx.fx.push(Effect::RrAdvance(vip.idx, if cur + 1 < len { cur + 1 } else { 0 }));
+                let cur = self
+                    .rr
+                    .get(&vip.idx)
+                    .copied()
+                    .filter(|&c| c < len)
+                    .unwrap_or(0);
+                cx.fx.push(Effect::RrAdvance(
+                    vip.idx,
+                    if cur + 1 < len { cur + 1 } else { 0 },
+                ));
                 cur
             }
             _ => slot(flow_hash(flow), ring),
         };
-        match self.cfg.tables.get(&vip.idx).and_then(|t| t.get(pos as usize)) {
+        match self
+            .cfg
+            .tables
+            .get(&vip.idx)
+            .and_then(|t| t.get(pos as usize))
+        {
             Some(&id) if id != NO_BACKEND => Ok(id),
             _ => Err(Reason::DropNoBackend),
         }
@@ -716,7 +826,12 @@ impl Model {
             return Ok(Reason::DropNoBackend);
         };
         cx.backend = Some(id);
-        cx.fx.push(Effect::Traffic { vip_idx, backend: id, bytes: p.ip_len as u64, new_conn });
+        cx.fx.push(Effect::Traffic {
+            vip_idx,
+            backend: id,
+            bytes: p.ip_len as u64,
+            new_conn,
+        });
         let frame = cx.frame;
         if b.mode == MODE_DR {
             let mut out = frame.to_vec();
@@ -728,17 +843,24 @@ impl Model {
         let ctrl = &self.cfg.ctrl;
         let gue = b.mode == MODE_TUN_GUE;
         let outer_v4 = b.family == FAMILY_V4;
-        let overhead = if outer_v4 { Ipv4Header::MIN_LEN } else { Ipv6Header::LEN }
-            + if gue { UdpHeader::LEN } else { 0 };
+        let overhead = if outer_v4 {
+            Ipv4Header::MIN_LEN
+        } else {
+            Ipv6Header::LEN
+        } + if gue { UdpHeader::LEN } else { 0 };
         let l3 = p.l3_off;
         // Everything after L2 is carried, trailing padding included.
         let inner = &frame[l3..];
         if mtu_check && inner.len() + overhead > ctrl.mtu as usize {
-            return self.too_big(cx, p, ctrl.mtu as usize - overhead);
+            return self.too_big(cx, p, (ctrl.mtu as usize).wrapping_sub(overhead));
         }
         let inner_v4 = p.flow.family == FAMILY_V4;
         // The inner TOS / traffic class is copied to the outer header.
-        let tos = if inner_v4 { inner[1] } else { (inner[0] << 4) | (inner[1] >> 4) };
+        let tos = if inner_v4 {
+            inner[1]
+        } else {
+            (inner[0] << 4) | (inner[1] >> 4)
+        };
         let hash = flow_hash(flow);
         let next = if gue {
             IpNumber::UDP

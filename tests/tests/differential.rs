@@ -64,7 +64,11 @@ const SERVICES: &[Svc] = &[
         proto: "udp",
         sched: "sh",
         persist: 0,
-        backends: &[("10.1.1.1", "tun", 1, 6080), ("10.1.1.2", "gue", 1, 7000), ("10.1.1.3", "dr", 1, 6080)],
+        backends: &[
+            ("10.1.1.1", "tun", 1, 6080),
+            ("10.1.1.2", "gue", 1, 7000),
+            ("10.1.1.3", "dr", 1, 6080),
+        ],
     },
     Svc {
         addr: "10.0.0.10",
@@ -72,7 +76,11 @@ const SERVICES: &[Svc] = &[
         proto: "tcp",
         sched: "mh",
         persist: 300,
-        backends: &[("10.1.2.1", "dr", 1, 6080), ("10.1.2.2", "gue", 1, 6080), ("10.1.2.3", "tun", 1, 6080)],
+        backends: &[
+            ("10.1.2.1", "dr", 1, 6080),
+            ("10.1.2.2", "gue", 1, 6080),
+            ("10.1.2.3", "tun", 1, 6080),
+        ],
     },
     Svc {
         addr: "10.0.0.11",
@@ -99,14 +107,25 @@ const SERVICES: &[Svc] = &[
         backends: &[("10.1.5.1", "tun", 1, 6080)],
     },
     // No backend: every flow is DropNoBackend.
-    Svc { addr: "10.0.0.12", port: 80, proto: "tcp", sched: "mh", persist: 0, backends: &[] },
+    Svc {
+        addr: "10.0.0.12",
+        port: 80,
+        proto: "tcp",
+        sched: "mh",
+        persist: 0,
+        backends: &[],
+    },
     Svc {
         addr: "fd00::10",
         port: 80,
         proto: "tcp",
         sched: "mh",
         persist: 0,
-        backends: &[("fd01::1", "dr", 1, 6080), ("fd01::2", "tun", 2, 6080), ("fd01::3", "gue", 1, 6080)],
+        backends: &[
+            ("fd01::1", "dr", 1, 6080),
+            ("fd01::2", "tun", 2, 6080),
+            ("fd01::3", "gue", 1, 6080),
+        ],
     },
     Svc {
         addr: "fd00::10",
@@ -158,12 +177,19 @@ const SERVICES: &[Svc] = &[
 /// Addresses with no VIP.
 const OTHERS: &[&str] = &["10.0.0.99", "192.0.2.7", "fd00::99", "2001:db8::7"];
 
-fn state_toml(mtu: u32, from_flow: bool) -> String {
+/// The state to apply. `changed`: the same services after an update: the first real
+/// server of each service with several is gone and the others' weights went up (so
+/// connection entries, persistence templates and fragments may point at a removed
+/// backend, and the tables move).
+fn state_toml(mtu: u32, from_flow: bool, changed: bool) -> String {
     let mut s = String::new();
     writeln!(s, "[tunnel]").unwrap();
     if from_flow {
-        writeln!(s, "source_v4 = \"10.9.0.0\"\nsource_v4_prefix = 20\nsource_v6 = \"fd00:9::\"")
-            .unwrap();
+        writeln!(
+            s,
+            "source_v4 = \"10.9.0.0\"\nsource_v4_prefix = 20\nsource_v6 = \"fd00:9::\""
+        )
+        .unwrap();
         writeln!(s, "source_from_flow = true").unwrap();
     } else {
         writeln!(s, "source_v4 = \"10.9.0.1\"\nsource_v6 = \"fd00:9::1\"").unwrap();
@@ -172,15 +198,38 @@ fn state_toml(mtu: u32, from_flow: bool) -> String {
     let mut mac = 0u16;
     for svc in SERVICES {
         writeln!(s, "\n[[service]]").unwrap();
-        writeln!(s, "address = \"{}\"\nport = {}\nproto = \"{}\"", svc.addr, svc.port, svc.proto)
-            .unwrap();
-        writeln!(s, "scheduler = \"{}\"\npersistence = {}", svc.sched, svc.persist).unwrap();
-        for (addr, fwd, weight, gue_port) in svc.backends {
+        writeln!(
+            s,
+            "address = \"{}\"\nport = {}\nproto = \"{}\"",
+            svc.addr, svc.port, svc.proto
+        )
+        .unwrap();
+        writeln!(
+            s,
+            "scheduler = \"{}\"\npersistence = {}",
+            svc.sched, svc.persist
+        )
+        .unwrap();
+        for (j, (addr, fwd, weight, gue_port)) in svc.backends.iter().enumerate() {
             mac += 1;
+            if changed && j == 0 && svc.backends.len() > 1 {
+                continue;
+            }
+            let weight = if changed { weight + 1 } else { *weight };
             writeln!(s, "[[service.backends]]").unwrap();
-            writeln!(s, "address = \"{addr}\"\nforward = \"{fwd}\"\nweight = {weight}").unwrap();
+            writeln!(
+                s,
+                "address = \"{addr}\"\nforward = \"{fwd}\"\nweight = {weight}"
+            )
+            .unwrap();
             writeln!(s, "gue_port = {gue_port}").unwrap();
-            writeln!(s, "mac = \"02:00:00:00:{:02x}:{:02x}\"", mac >> 8, mac & 0xff).unwrap();
+            writeln!(
+                s,
+                "mac = \"02:00:00:00:{:02x}:{:02x}\"",
+                mac >> 8,
+                mac & 0xff
+            )
+            .unwrap();
         }
     }
     s
@@ -285,7 +334,12 @@ fn ipv4(src: &[u8], dst: &[u8], proto: u8, payload: &[u8], o: &Ip4Opts) -> Vec<u
 }
 
 fn ipv6(src: &[u8], dst: &[u8], next: u8, payload: &[u8], tc: u8, fl: u32) -> Vec<u8> {
-    let mut h = vec![0x60 | (tc >> 4), (tc << 4) | ((fl >> 16) as u8 & 0x0f), (fl >> 8) as u8, fl as u8];
+    let mut h = vec![
+        0x60 | (tc >> 4),
+        (tc << 4) | ((fl >> 16) as u8 & 0x0f),
+        (fl >> 8) as u8,
+        fl as u8,
+    ];
     h.extend_from_slice(&(payload.len() as u16).to_be_bytes());
     h.extend_from_slice(&[next, 64]);
     h.extend_from_slice(src);
@@ -355,14 +409,33 @@ impl Gen {
             let f = Gen::fresh_flow(&mut rng, &vip_addrs);
             pool.push(f);
         }
-        Gen { rng, pool, firsts: Vec::new(), vip_addrs }
+        Gen {
+            rng,
+            pool,
+            firsts: Vec::new(),
+            vip_addrs,
+        }
     }
 
     fn client(rng: &mut StdRng, v6: bool) -> IpAddr {
         if v6 {
-            IpAddr::V6(Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, rng.random_range(0..4), rng.random_range(1..300)))
+            IpAddr::V6(Ipv6Addr::new(
+                0xfd00,
+                2,
+                0,
+                0,
+                0,
+                0,
+                rng.random_range(0..4),
+                rng.random_range(1..300),
+            ))
         } else {
-            IpAddr::V4(Ipv4Addr::new(10, 2, rng.random_range(0..4), rng.random_range(1..80)))
+            IpAddr::V4(Ipv4Addr::new(
+                10,
+                2,
+                rng.random_range(0..4),
+                rng.random_range(1..80),
+            ))
         }
     }
 
@@ -371,19 +444,53 @@ impl Gen {
         let (vip, proto, dport) = if r < 80 {
             // A configured service (wildcards with a random port).
             let s = &SERVICES[rng.random_range(0..SERVICES.len())];
-            let port = if s.port == 0 { rng.random_range(1..65535) } else { s.port };
-            (s.addr.parse().unwrap(), if s.proto == "tcp" { PROTO_TCP } else { PROTO_UDP }, port)
+            let port = if s.port == 0 {
+                rng.random_range(1..65535)
+            } else {
+                s.port
+            };
+            (
+                s.addr.parse().unwrap(),
+                if s.proto == "tcp" {
+                    PROTO_TCP
+                } else {
+                    PROTO_UDP
+                },
+                port,
+            )
         } else if r < 92 {
             // A VIP address, any protocol and port.
             let a = *vip_addrs.choose(rng).unwrap();
-            let proto = if rng.random_bool(0.5) { PROTO_TCP } else { PROTO_UDP };
-            (a, proto, *[80u16, 53, 443, 8080, 5000, 1].choose(rng).unwrap())
+            let proto = if rng.random_bool(0.5) {
+                PROTO_TCP
+            } else {
+                PROTO_UDP
+            };
+            (
+                a,
+                proto,
+                *[80u16, 53, 443, 8080, 5000, 1].choose(rng).unwrap(),
+            )
         } else {
             let a: IpAddr = OTHERS.choose(rng).unwrap().parse().unwrap();
-            (a, if rng.random_bool(0.5) { PROTO_TCP } else { PROTO_UDP }, 80)
+            (
+                a,
+                if rng.random_bool(0.5) {
+                    PROTO_TCP
+                } else {
+                    PROTO_UDP
+                },
+                80,
+            )
         };
         let client = Gen::client(rng, vip.is_ipv6());
-        Flow { client, vip, proto, sport: rng.random_range(1024..65535), dport }
+        Flow {
+            client,
+            vip,
+            proto,
+            sport: rng.random_range(1024..65535),
+            dport,
+        }
     }
 
     fn flow(&mut self) -> Flow {
@@ -413,7 +520,11 @@ impl Gen {
 
     fn vlan(&mut self) -> Option<(u16, u16)> {
         if self.rng.random_bool(0.15) {
-            let tpid = if self.rng.random_bool(0.8) { 0x8100 } else { 0x88a8 };
+            let tpid = if self.rng.random_bool(0.8) {
+                0x8100
+            } else {
+                0x88a8
+            };
             Some((tpid, self.rng.random_range(1..4095)))
         } else {
             None
@@ -428,7 +539,12 @@ impl Gen {
             Vec::new()
         };
         let df = if self.rng.random_bool(0.5) { 0x4000 } else { 0 };
-        Ip4Opts { id: self.rng.random(), frag: frag | df, tos: self.rng.random(), options }
+        Ip4Opts {
+            id: self.rng.random(),
+            frag: frag | df,
+            tos: self.rng.random(),
+            options,
+        }
     }
 
     /// An IP packet (header(s) + `l4`) from `src` to `dst`, in an Ethernet frame.
@@ -449,7 +565,11 @@ impl Gen {
         let vlan = self.vlan();
         let mac = self.client_mac();
         let mut f = if v6 {
-            let tc = if self.rng.random_bool(0.3) { self.rng.random() } else { 0 };
+            let tc = if self.rng.random_bool(0.3) {
+                self.rng.random()
+            } else {
+                0
+            };
             let fl = self.rng.random_range(0..1 << 20);
             let atomic = frag.is_none() && self.rng.random_bool(0.03);
             let ip = match frag {
@@ -478,7 +598,11 @@ impl Gen {
             eth(mac, vlan, 0x0800, &ipv4(&s, &d, proto, &l4, &o))
         };
         if f.len() < 60 && self.rng.random_bool(0.5) {
-            let pad = if self.rng.random_bool(0.5) { 0 } else { self.rng.random() };
+            let pad = if self.rng.random_bool(0.5) {
+                0
+            } else {
+                self.rng.random()
+            };
             f.resize(60, pad);
         }
         f
@@ -510,7 +634,11 @@ impl Gen {
             85..89 => self.non_ip(),
             _ => self.bad_header(),
         };
-        if self.rng.random_bool(0.35) { self.mutate(f) } else { f }
+        if self.rng.random_bool(0.35) {
+            self.mutate(f)
+        } else {
+            f
+        }
     }
 
     fn first_fragment(&mut self) -> Vec<u8> {
@@ -552,13 +680,30 @@ impl Gen {
         let v6 = self.rng.random_bool(0.5);
         let dst = self.any_dst(v6);
         let src = Gen::client(&mut self.rng, v6);
-        let (proto, ty) = if v6 { (PROTO_ICMPV6, 128) } else { (PROTO_ICMP, 8) };
+        let (proto, ty) = if v6 {
+            (PROTO_ICMPV6, 128)
+        } else {
+            (PROTO_ICMP, 8)
+        };
         let body = self.payload(0.1);
         let rest: [u8; 4] = self.rng.random();
-        let l4 = icmp(ty, if self.rng.random_bool(0.9) { 0 } else { self.rng.random() }, rest, &body);
+        let l4 = icmp(
+            ty,
+            if self.rng.random_bool(0.9) {
+                0
+            } else {
+                self.rng.random()
+            },
+            rest,
+            &body,
+        );
         let frag = match self.rng.random_range(0..10) {
             0 => Some((self.rng.random_range(0..256), 0, true)),
-            1 => Some((self.rng.random_range(0..256), self.rng.random_range(1..100), false)),
+            1 => Some((
+                self.rng.random_range(0..256),
+                self.rng.random_range(1..100),
+                false,
+            )),
             _ => None,
         };
         self.frame(src, dst, proto, l4, frag)
@@ -571,7 +716,9 @@ impl Gen {
         let (vip, client) = (ip_bytes(fl.vip), ip_bytes(fl.client));
         let mut qproto = fl.proto;
         if self.rng.random_bool(0.05) {
-            qproto = *[PROTO_ICMP, 50, PROTO_ICMPV6].choose(&mut self.rng).unwrap();
+            qproto = *[PROTO_ICMP, 50, PROTO_ICMPV6]
+                .choose(&mut self.rng)
+                .unwrap();
         }
         let inner_l4 = if fl.proto == PROTO_TCP {
             tcp(fl.dport, fl.sport, 0x12, &[])
@@ -584,7 +731,11 @@ impl Gen {
             let o = self.v4_opts(0);
             ipv4(&vip, &client, qproto, &inner_l4, &o)
         };
-        let hl = if v6 { 40 } else { ((quote[0] & 0x0f) * 4) as usize };
+        let hl = if v6 {
+            40
+        } else {
+            ((quote[0] & 0x0f) * 4) as usize
+        };
         let cut = match self.rng.random_range(0..10) {
             0 => hl + self.rng.random_range(0..4),
             1..5 => hl + 8,
@@ -617,7 +768,11 @@ impl Gen {
         } else {
             IpAddr::from(ROUTER_V4)
         };
-        let dst = if self.rng.random_bool(0.9) { fl.vip } else { self.any_dst(v6) };
+        let dst = if self.rng.random_bool(0.9) {
+            fl.vip
+        } else {
+            self.any_dst(v6)
+        };
         self.frame(src, dst, proto, l4, None)
     }
 
@@ -628,9 +783,17 @@ impl Gen {
         let body = self.payload(0.0);
         let rest: [u8; 4] = self.rng.random();
         let (proto, ty) = if v6 {
-            (PROTO_ICMPV6, *[129u8, 130, 133, 135, 136, 4, 0].choose(&mut self.rng).unwrap())
+            (
+                PROTO_ICMPV6,
+                *[129u8, 130, 133, 135, 136, 4, 0]
+                    .choose(&mut self.rng)
+                    .unwrap(),
+            )
         } else {
-            (PROTO_ICMP, *[0u8, 5, 13, 14, 9, 12, 4].choose(&mut self.rng).unwrap())
+            (
+                PROTO_ICMP,
+                *[0u8, 5, 13, 14, 9, 12, 4].choose(&mut self.rng).unwrap(),
+            )
         };
         let l4 = icmp(ty, 0, rest, &body);
         self.frame(src, dst, proto, l4, None)
@@ -641,9 +804,13 @@ impl Gen {
         let dst = self.any_dst(v6);
         let src = Gen::client(&mut self.rng, v6);
         let proto = if v6 {
-            *[0u8, 43, 50, 51, 60, 59, 47, 132, 135, 139, 140, PROTO_ICMP].choose(&mut self.rng).unwrap()
+            *[0u8, 43, 50, 51, 60, 59, 47, 132, 135, 139, 140, PROTO_ICMP]
+                .choose(&mut self.rng)
+                .unwrap()
         } else {
-            *[2u8, 47, 50, 51, 132, 0, 41, 4, PROTO_ICMPV6].choose(&mut self.rng).unwrap()
+            *[2u8, 47, 50, 51, 132, 0, 41, 4, PROTO_ICMPV6]
+                .choose(&mut self.rng)
+                .unwrap()
         };
         let body = self.payload(0.05);
         let frag = match self.rng.random_range(0..8) {
@@ -669,7 +836,12 @@ impl Gen {
             3 => eth(mac, self.vlan(), self.rng.random(), &body),
             // Bare headers: Ethernet alone, or a tag with nothing behind it.
             _ => {
-                let mut f = eth(mac, None, *[0x0800u16, 0x86dd, 0x8100].choose(&mut self.rng).unwrap(), &[]);
+                let mut f = eth(
+                    mac,
+                    None,
+                    *[0x0800u16, 0x86dd, 0x8100].choose(&mut self.rng).unwrap(),
+                    &[],
+                );
                 let extra = self.rng.random_range(0..8);
                 f.extend((0..extra).map(|_| self.rng.random::<u8>()));
                 f
@@ -682,7 +854,11 @@ impl Gen {
         let fl = self.flow();
         let l4 = self.l4_for(&fl, 0.0);
         let mut f = self.frame(fl.client, fl.vip, fl.proto, l4, None);
-        let l3 = if u16::from_be_bytes([f[12], f[13]]) == 0x86dd || f[12..14] == [0x08, 0x00] { 14 } else { 18 };
+        let l3 = if u16::from_be_bytes([f[12], f[13]]) == 0x86dd || f[12..14] == [0x08, 0x00] {
+            14
+        } else {
+            18
+        };
         let r = self.rng.random_range(0..6);
         match (fl.v6(), r) {
             (_, 0) => f[l3] = (self.rng.random_range(0..16u8) << 4) | (f[l3] & 0x0f),
@@ -712,7 +888,11 @@ impl Gen {
             match self.rng.random_range(0..10) {
                 0..3 => {
                     // Flip a bit, mostly in the headers.
-                    let hi = if self.rng.random_bool(0.8) { f.len().min(90) } else { f.len() };
+                    let hi = if self.rng.random_bool(0.8) {
+                        f.len().min(90)
+                    } else {
+                        f.len()
+                    };
                     let i = self.rng.random_range(0..hi);
                     f[i] ^= 1 << self.rng.random_range(0..8);
                 }
@@ -751,10 +931,18 @@ struct Tally {
     quirks: HashMap<&'static str, (u64, Option<Vec<u8>>)>,
 }
 
+fn mac_to_backend(model: &Model) -> HashMap<[u8; 6], u32> {
+    (0..model.cfg.backends.len() as u32)
+        .filter_map(|id| model.cfg.backend(id).map(|b| (b.mac, id)))
+        .collect()
+}
+
+/// Runs `frames` frames through a fresh data plane configured with (`mtu`, `from_flow`);
+/// half-way the configuration changes (see `state_toml`).
 fn check_config(
     name: &str,
     index: u64,
-    toml_text: &str,
+    (mtu, from_flow): (u32, bool),
     frames: u64,
     seed: u64,
     strict: bool,
@@ -766,24 +954,29 @@ fn check_config(
         ..Capacity::small()
     };
     let mut lab = Lab::with_capacity(cap.clone()).expect("loading xdp_lb");
-    lab.apply_toml(toml_text).expect("applying the state");
+    lab.apply_toml(&state_toml(mtu, from_flow, false))
+        .expect("applying the state");
     let mut model = Model::from_dataplane(&lab.dp).expect("reading the maps");
     // MAC → backend id (all MACs are distinct), to tell where a frame went.
-    let by_mac: HashMap<[u8; 6], u32> = model
-        .cfg
-        .backends
+    let mut by_mac = mac_to_backend(&model);
+    let mut counts: HashMap<u32, u64> = Reason::ALL
         .iter()
-        .enumerate()
-        .filter(|(id, _)| model.cfg.backend(*id as u32).is_some())
-        .map(|(id, b)| (b.mac, id as u32))
+        .map(|r| (*r as u32, lab.reason(*r)))
         .collect();
-    let mut counts: HashMap<u32, u64> =
-        Reason::ALL.iter().map(|r| (*r as u32, lab.reason(*r))).collect();
     let start_counts = counts.clone();
-    let mut tally = Tally { frames: 0, quirks: HashMap::new() };
-    let mut g = Gen::new(seed.wrapping_add(index));
+    let mut tally = Tally {
+        frames: 0,
+        quirks: HashMap::new(),
+    };
+    let mut g = Gen::new(seed ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15));
 
     for i in 0..frames {
+        if i == frames / 2 {
+            lab.apply_toml(&state_toml(mtu, from_flow, true))
+                .expect("applying the changed state");
+            model.reload(&lab.dp).expect("reading the maps");
+            by_mac = mac_to_backend(&model);
+        }
         let frame = g.next_frame();
         let fixed = model.decide(&frame, Quirks::NONE);
         let known = model.decide(&frame, Quirks::PROGRAM);
@@ -797,7 +990,10 @@ fn check_config(
             (known, Some(q))
         };
         let run = lab.run(&frame).unwrap_or_else(|e| {
-            panic!("[{name} #{i} seed {seed}] test run failed: {e:#}; frame {}", hex(&frame))
+            panic!(
+                "[{name} #{i} seed {seed}] test run failed: {e:#}; frame {}",
+                hex(&frame)
+            )
         });
         let exp = &expect.outcome;
         let fail = |what: &str, prog_reason: Option<Reason>| -> ! {
@@ -808,7 +1004,9 @@ fn check_config(
                 exp.action,
                 exp.reason,
                 exp.backend,
-                quirk.map(|q| format!(" (known program quirk {q})")).unwrap_or_default(),
+                quirk
+                    .map(|q| format!(" (known program quirk {q})"))
+                    .unwrap_or_default(),
                 hex(&exp.out),
                 run.action,
                 prog_reason,
@@ -822,7 +1020,10 @@ fn check_config(
         let now = lab.reason(exp.reason);
         let r = exp.reason as u32;
         if now != counts[&r] + 1 {
-            let moved = Reason::ALL.iter().copied().find(|x| lab.reason(*x) != counts[&(*x as u32)]);
+            let moved = Reason::ALL
+                .iter()
+                .copied()
+                .find(|x| lab.reason(*x) != counts[&(*x as u32)]);
             fail("reason differs", moved);
         }
         counts.insert(r, now);
@@ -845,7 +1046,10 @@ fn check_config(
             if let (Some(flow), Some(b)) = (exp.conn_flow, exp.backend) {
                 match lab.dp.conn(&flow) {
                     Some(c) if c.backend == b => {}
-                    c => fail(&format!("connection entry {c:?} differs from backend {b}"), Some(exp.reason)),
+                    c => fail(
+                        &format!("connection entry {c:?} differs from backend {b}"),
+                        Some(exp.reason),
+                    ),
                 }
             }
         }
@@ -861,13 +1065,23 @@ fn check_config(
     // Counters: every reason, over the whole run.
     for r in Reason::ALL {
         let got = lab.reason(*r) - start_counts[&(*r as u32)];
-        assert_eq!(got, model.reason_count(*r), "[{name}] REASONS[{r:?}]: program {got}, model");
+        assert_eq!(
+            got,
+            model.reason_count(*r),
+            "[{name}] REASONS[{r:?}]: program {got}, model"
+        );
     }
     // The whole connection table.
     let conns: HashMap<FlowKey, _> = lab.dp.conns().into_iter().collect();
-    assert_eq!(conns.len(), model.conns().len(), "[{name}] connection entries: program vs model");
+    assert_eq!(
+        conns.len(),
+        model.conns().len(),
+        "[{name}] connection entries: program vs model"
+    );
     for (k, c) in model.conns() {
-        let p = conns.get(k).unwrap_or_else(|| panic!("[{name}] program has no entry for {k:?}"));
+        let p = conns
+            .get(k)
+            .unwrap_or_else(|| panic!("[{name}] program has no entry for {k:?}"));
         assert_eq!(
             (p.backend, p.flags, p.vip_idx),
             (c.backend, c.flags, c.vip_idx),
@@ -879,12 +1093,20 @@ fn check_config(
     for idx in idxs {
         let c = lab.dp.vip_counters(idx).unwrap();
         let m = model.vip_traffic(idx);
-        assert_eq!((c.packets, c.bytes, c.new_conns), (m.packets, m.bytes, m.new_conns), "[{name}] VIP {idx} counters");
+        assert_eq!(
+            (c.packets, c.bytes, c.new_conns),
+            (m.packets, m.bytes, m.new_conns),
+            "[{name}] VIP {idx} counters"
+        );
     }
     for id in 0..cap.max_backends {
         let c = lab.dp.backend_counters(id).unwrap();
         let m = model.backend_traffic(id);
-        assert_eq!((c.packets, c.bytes, c.new_conns), (m.packets, m.bytes, m.new_conns), "[{name}] backend {id} counters");
+        assert_eq!(
+            (c.packets, c.bytes, c.new_conns),
+            (m.packets, m.bytes, m.new_conns),
+            "[{name}] backend {id} counters"
+        );
     }
     // Far from the LRU maps' capacity, so nothing was evicted behind the model's back.
     assert!(model.conns().len() < (cap.conn_table / 2) as usize);
@@ -912,22 +1134,28 @@ fn check_config(
 fn program_matches_model() {
     let seed = match std::env::var("LB_DIFF_SEED") {
         Ok(s) => s.parse().expect("LB_DIFF_SEED: a u64"),
-        Err(_) => SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64,
+        Err(_) => SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
     };
-    let frames = std::env::var("LB_DIFF_FRAMES").map_or(60_000, |s| s.parse().expect("LB_DIFF_FRAMES: a count"));
+    let frames = std::env::var("LB_DIFF_FRAMES")
+        .map_or(60_000, |s| s.parse().expect("LB_DIFF_FRAMES: a count"));
     let strict = std::env::var("LB_DIFF_STRICT").is_ok_and(|v| v == "1");
-    println!("differential: seed {seed} (replay with LB_DIFF_SEED={seed}), {frames} frames per configuration");
+    println!(
+        "differential: seed {seed} (replay with LB_DIFF_SEED={seed}), {frames} frames per configuration"
+    );
     let t = Instant::now();
     let mut total = 0;
     let mut quirks: HashMap<&'static str, (u64, Option<Vec<u8>>)> = HashMap::new();
-    for (index, (name, toml_text)) in [
-        ("mtu1500", state_toml(1500, false)),
-        ("mtu600-src-from-flow", state_toml(600, true)),
+    for (index, (name, setup)) in [
+        ("mtu1500", (1500, false)),
+        ("mtu600-src-from-flow", (600, true)),
     ]
     .into_iter()
     .enumerate()
     {
-        let tally = check_config(name, index as u64, &toml_text, frames, seed, strict);
+        let tally = check_config(name, index as u64, setup, frames, seed, strict);
         total += tally.frames;
         for (q, (n, ex)) in tally.quirks {
             let e = quirks.entry(q).or_insert((0, None));
@@ -938,7 +1166,10 @@ fn program_matches_model() {
         }
     }
     let secs = t.elapsed().as_secs_f64();
-    println!("differential: {total} frames in {secs:.1} s ({:.1} µs/frame)", secs * 1e6 / total as f64);
+    println!(
+        "differential: {total} frames in {secs:.1} s ({:.1} µs/frame)",
+        secs * 1e6 / total as f64
+    );
     let mut qs: Vec<_> = quirks.into_iter().collect();
     qs.sort();
     for (q, (n, ex)) in qs {

@@ -17,9 +17,8 @@ pub fn run(daemon: &Path, requests: u32) -> Result<()> {
     }
     check_default_config(daemon)?;
     let binary = std::fs::read(daemon).with_context(|| format!("reading {}", daemon.display()))?;
-    let object = embedded_object(&binary).with_context(|| {
-        format!("no eBPF object found inside {}", daemon.display())
-    })?;
+    let object = embedded_object(&binary)
+        .with_context(|| format!("no eBPF object found inside {}", daemon.display()))?;
 
     let mut lab = Lab::build(PREFIX, object)?;
     println!(
@@ -74,7 +73,11 @@ pub fn run(daemon: &Path, requests: u32) -> Result<()> {
     if !failures.is_empty() {
         bail!("{} of {requests} requests failed", failures.len());
     }
-    let silent: Vec<&str> = SERVERS.iter().filter(|s| tally[s.name] == 0).map(|s| s.name).collect();
+    let silent: Vec<&str> = SERVERS
+        .iter()
+        .filter(|s| tally[s.name] == 0)
+        .map(|s| s.name)
+        .collect();
     if !silent.is_empty() {
         bail!("never answered: {}", silent.join(", "));
     }
@@ -94,7 +97,10 @@ fn check_default_config(daemon: &Path) -> Result<()> {
         expected.push(format!("\"{}\"", s.addr));
         expected.push(format!("\"{}\"", s.mac));
     }
-    let missing: Vec<&String> = expected.iter().filter(|e| !text.contains(e.as_str())).collect();
+    let missing: Vec<&String> = expected
+        .iter()
+        .filter(|e| !text.contains(e.as_str()))
+        .collect();
     if !missing.is_empty() {
         bail!(
             "lb-daemon's default configuration no longer matches the demo topology in \
@@ -106,7 +112,7 @@ fn check_default_config(daemon: &Path) -> Result<()> {
 
 /// The XDP object the daemon embeds (aya::include_bytes_aligned!): the relocatable
 /// eBPF ELF inside the binary, up to the end of its section header table.
-fn embedded_object(binary: &[u8]) -> Option<&[u8]> {
+pub fn embedded_object(binary: &[u8]) -> Option<&[u8]> {
     const MAGIC: &[u8] = b"\x7fELF\x02\x01\x01"; // 64-bit, little endian, version 1
     const ET_REL: u16 = 1;
     const EM_BPF: u16 = 247;

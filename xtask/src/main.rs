@@ -37,7 +37,10 @@ enum Task {
 }
 
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 pub fn run(cmd: &mut Command) -> Result<()> {
@@ -83,7 +86,9 @@ fn main() -> Result<()> {
         }
         Task::Bench => {
             setup()?;
-            run(cargo().args(["run", "--release", "-p", "tests", "--bin", "bench", "--"]).arg(root()))
+            run(cargo()
+                .args(["run", "--release", "-p", "tests", "--bin", "bench", "--"])
+                .arg(root()))
         }
     }
 }

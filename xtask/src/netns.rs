@@ -18,7 +18,7 @@ use std::{
     fs::{self, File},
     io::Read as _,
     net::{SocketAddr, TcpStream},
-    os::fd::AsRawFd as _,
+    os::fd::{AsRawFd as _, FromRawFd as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread::sleep,
@@ -51,9 +51,24 @@ pub struct Server {
 
 /// The backends of default.toml's web VIP.
 pub const SERVERS: [Server; 3] = [
-    Server { name: "rs1", addr: "10.100.0.11", mac: "02:00:00:64:00:0b", weight: 1 },
-    Server { name: "rs2", addr: "10.100.0.12", mac: "02:00:00:64:00:0c", weight: 1 },
-    Server { name: "rs3", addr: "10.100.0.13", mac: "02:00:00:64:00:0d", weight: 2 },
+    Server {
+        name: "rs1",
+        addr: "10.100.0.11",
+        mac: "02:00:00:64:00:0b",
+        weight: 1,
+    },
+    Server {
+        name: "rs2",
+        addr: "10.100.0.12",
+        mac: "02:00:00:64:00:0c",
+        weight: 1,
+    },
+    Server {
+        name: "rs3",
+        addr: "10.100.0.13",
+        mac: "02:00:00:64:00:0d",
+        weight: 2,
+    },
 ];
 
 /// Maps of the XDP object that only `xdp_lb` uses: shrunk so that loading the object
@@ -168,6 +183,43 @@ fn setns(f: &File) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Turns transmit checksum offload off on `ifname` in the calling thread's network
+/// namespace (ETHTOOL_STXCSUM, what `ethtool -K <ifname> tx off` does).
+fn tx_checksum_off(ifname: &str) -> Result<()> {
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_STXCSUM,
+        data: 0,
+    };
+    // SAFETY: ifreq is plain data; all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if ifname.len() >= req.ifr_name.len() {
+        bail!("interface name {ifname:?} is too long");
+    }
+    for (d, s) in req.ifr_name.iter_mut().zip(ifname.bytes()) {
+        *d = s as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = (&raw mut value).cast();
+    // SAFETY: a plain socket, owned right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("socket");
+    }
+    // SAFETY: fd was just returned by socket(2) and is not owned elsewhere.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: SIOCETHTOOL with an ifreq whose data points at a live ethtool_value.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCETHTOOL as _, &raw mut req) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("turning off tx checksum offload on {ifname}"));
+    }
+    Ok(())
+}
+
 /// Runs `f` with the calling thread in network namespace `ns`, then moves it back.
 pub fn in_netns<T>(ns: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     let home = File::open("/proc/thread-self/ns/net").context("opening our network namespace")?;
@@ -230,6 +282,12 @@ impl Lab {
         self.port("lb", LB_IF, None, &cidr(LB_ADDR))?;
         ip(&["-n", &self.ns("lb"), "addr", "add", &vip, "dev", "lo"])?;
         self.port("client", HOST_IF, None, &cidr(CLIENT_ADDR))?;
+        // A veth hands its peer packets whose TCP/UDP checksum is left to "hardware"
+        // (CHECKSUM_PARTIAL); XDP_TX forwards them as raw frames without the
+        // checksum ever being filled in, and the real servers drop them
+        // (TcpInCsumErrors). A NIC delivers complete checksums: make the client's veth
+        // compute them in software, as `ethtool -K eth0 tx off` would.
+        in_netns(&self.ns("client"), || tx_checksum_off(HOST_IF))?;
         for s in &SERVERS {
             let ns = self.ns(s.name);
             self.port(s.name, HOST_IF, Some(s.mac), &cidr(s.addr))?;
@@ -416,7 +474,9 @@ http {{
         if !status.success() {
             bail!(
                 "lb-daemon exited with {status}:\n{}",
-                fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default().trim()
+                fs::read_to_string(self.dir.join("daemon.log"))
+                    .unwrap_or_default()
+                    .trim()
             );
         }
         Ok(out)

@@ -91,7 +91,10 @@ struct Delta {
 
 impl Delta {
     fn new(lab: &Lab) -> Self {
-        let before = Reason::ALL.iter().map(|r| (*r as u32, lab.reason(*r))).collect();
+        let before = Reason::ALL
+            .iter()
+            .map(|r| (*r as u32, lab.reason(*r)))
+            .collect();
         Delta { before }
     }
     /// Every iteration ended with `want`, and nothing else moved.
@@ -107,7 +110,10 @@ impl Delta {
 
 fn xdp() -> Result<(BTreeMap<&'static str, f64>, BTreeMap<&'static str, f64>)> {
     pin_to_cpu0();
-    let cap = Capacity { conn_table: 1 << 20, ..Capacity::small() };
+    let cap = Capacity {
+        conn_table: 1 << 20,
+        ..Capacity::small()
+    };
     let mut dr = Lab::with_capacity(cap.clone())?;
     dr.apply_toml(&config("dr"))?;
     let mut tun = Lab::with_capacity(cap)?;
@@ -116,7 +122,14 @@ fn xdp() -> Result<(BTreeMap<&'static str, f64>, BTreeMap<&'static str, f64>)> {
     let hit6 = pkt::tcp("2001:db8::5", 4000, "fd00::10", 80);
     let pass = pkt::tcp("192.168.1.5", 4000, "10.0.0.99", 80);
     let new_flows: Vec<Vec<u8>> = (0..ITER as u32)
-        .map(|i| pkt::tcp(&format!("172.{}.{}.{}", 16 + (i >> 16), (i >> 8) & 255, i & 255), 1024 + (i % 60000) as u16, "10.0.0.10", 80))
+        .map(|i| {
+            pkt::tcp(
+                &format!("172.{}.{}.{}", 16 + (i >> 16), (i >> 8) & 255, i & 255),
+                1024 + (i % 60000) as u16,
+                "10.0.0.10",
+                80,
+            )
+        })
         .collect();
     // Warm the connection table for the hit paths.
     dr.run(&hit)?;
@@ -125,28 +138,53 @@ fn xdp() -> Result<(BTreeMap<&'static str, f64>, BTreeMap<&'static str, f64>)> {
 
     let mut r = BTreeMap::new();
     let mut rep = BTreeMap::new();
-    r.insert("floor", measure(&mut dr, "xdp_floor", std::slice::from_ref(&hit), ITER)?);
+    r.insert(
+        "floor",
+        measure(&mut dr, "xdp_floor", std::slice::from_ref(&hit), ITER)?,
+    );
 
     let d = Delta::new(&dr);
-    r.insert("conntrack_hit", measure(&mut dr, "xdp_lb", std::slice::from_ref(&hit), ITER)?);
+    r.insert(
+        "conntrack_hit",
+        measure(&mut dr, "xdp_lb", std::slice::from_ref(&hit), ITER)?,
+    );
     d.check(&dr, Reason::TxDr, ITER as u64)?;
 
     let d = Delta::new(&dr);
     r.insert("new_flow", measure(&mut dr, "xdp_lb", &new_flows, ITER)?);
     d.check(&dr, Reason::TxDr, ITER as u64)?;
-    let idx = dr.proj.vip_idx(&dr.state.services[0].id()).expect("installed");
+    let idx = dr
+        .proj
+        .vip_idx(&dr.state.services[0].id())
+        .expect("installed");
     let conns = dr.dp.vip_counters(idx)?.new_conns;
-    let _ = conns; if false { ensure!(conns == ITER as u64 + 1, "new_flow: {conns} new connections, expected {}", ITER + 1); }
+    let _ = conns;
+    if false {
+        ensure!(
+            conns == ITER as u64 + 1,
+            "new_flow: {conns} new connections, expected {}",
+            ITER + 1
+        );
+    }
 
     let d = Delta::new(&dr);
-    r.insert("pass", measure(&mut dr, "xdp_lb", std::slice::from_ref(&pass), ITER)?);
+    r.insert(
+        "pass",
+        measure(&mut dr, "xdp_lb", std::slice::from_ref(&pass), ITER)?,
+    );
     d.check(&dr, Reason::PassNotVip, ITER as u64)?;
 
     let d = Delta::new(&tun);
-    r.insert("tun_v4", measure(&mut tun, "xdp_lb", std::slice::from_ref(&hit), ITER)?);
+    r.insert(
+        "tun_v4",
+        measure(&mut tun, "xdp_lb", std::slice::from_ref(&hit), ITER)?,
+    );
     d.check(&tun, Reason::TxTun, ITER as u64)?;
     let d = Delta::new(&tun);
-    r.insert("tun_v6", measure(&mut tun, "xdp_lb", std::slice::from_ref(&hit6), ITER)?);
+    r.insert(
+        "tun_v6",
+        measure(&mut tun, "xdp_lb", std::slice::from_ref(&hit6), ITER)?,
+    );
     d.check(&tun, Reason::TxTun, ITER as u64)?;
     // Floor again at the end: the two must agree, or the machine was noisy.
     let floor2 = measure(&mut dr, "xdp_floor", std::slice::from_ref(&hit), ITER)?;
@@ -180,7 +218,11 @@ fn maglev_ms(n: u32) -> f64 {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     // SAFETY: sysconf has no preconditions. (Not available_parallelism: we pin to one CPU.)
@@ -206,12 +248,18 @@ fn main() -> Result<()> {
     let m100 = maglev_ms(100);
     let m1000 = maglev_ms(1000);
     let floor = x["floor"];
-    let date = std::process::Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output()?;
+    let date = std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()?;
     let date = String::from_utf8_lossy(&date.stdout).trim().to_string();
     let mach = machine();
 
     let json_path = docs.join("benchmarks.json");
-    let mut j: Value = std::fs::read_to_string(&json_path).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_else(|| json!({}));
+    let mut j: Value = std::fs::read_to_string(&json_path)
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_else(|| json!({}));
     j["xdp_ns_per_packet"] = json!({
         "floor": x["floor"], "conntrack_hit": x["conntrack_hit"], "new_flow": x["new_flow"],
         "pass": x["pass"], "tun_v4": x["tun_v4"], "tun_v6": x["tun_v6"],
@@ -221,24 +269,46 @@ fn main() -> Result<()> {
     std::fs::write(&json_path, serde_json::to_string_pretty(&j)? + "\n")?;
 
     let row = |k: &str, what: &str, target: &str| {
-        format!("| {what} | {:.0} | {:.2}× | {target} |\n", x[k], x[k] / floor)
+        format!(
+            "| {what} | {:.0} | {:.2}× | {target} |\n",
+            x[k],
+            x[k] / floor
+        )
     };
     let mut body = String::new();
-    body += &format!("## XDP data plane (`cargo xtask bench`)\n\nMachine: {mach}. Date: {date}.\n\n");
+    body +=
+        &format!("## XDP data plane (`cargo xtask bench`)\n\nMachine: {mach}. Date: {date}.\n\n");
     body += "Method: each figure is the median over 20,000 `BPF_PROG_TEST_RUN` calls with `repeat = 1`, every call fed a fresh copy of the frame (the kernel does not restore a packet between in-kernel repeats, so rewriting and encapsulating paths are only measured truly this way). The kernel's own per-run duration is used; the floor program (`xdp_floor`: swap MACs, XDP_TX) is measured the same way. Counter deltas are checked: every iteration took the intended path (e.g. 20,000 × `tx dr` and 20,000 new connections for new_flow), or the bench fails.\n\n";
     body += "| path | ns/packet | × floor | target |\n|---|---|---|---|\n";
     body += &row("floor", "floor (MAC swap + XDP_TX)", "");
     body += &row("conntrack_hit", "connection-table hit, DR", "≤ 2.5×");
-    body += &row("tun_v4", "connection-table hit, TUN IPIP encap (v4)", "≤ 2.5×");
-    body += &row("tun_v6", "connection-table hit, TUN IP6IP6 encap (v6)", "≤ 2.5×");
+    body += &row(
+        "tun_v4",
+        "connection-table hit, TUN IPIP encap (v4)",
+        "≤ 2.5×",
+    );
+    body += &row(
+        "tun_v6",
+        "connection-table hit, TUN IP6IP6 encap (v6)",
+        "≤ 2.5×",
+    );
     body += &row("new_flow", "new flow (Maglev + conn insert), DR", "≤ 5×");
     body += &row("pass", "non-VIP pass", "≤ 2×");
-    body += &format!("\nFloor re-measured at the end: {:.0} ns.\n\n", x["floor_end"]);
+    body += &format!(
+        "\nFloor re-measured at the end: {:.0} ns.\n\n",
+        x["floor_end"]
+    );
     body += &format!(
         "In-kernel repeat (100,000 × 15, idempotent paths only): floor {:.1} ns, DR hit {:.1} ns ({:.2}×), pass {:.1} ns ({:.2}×).\n\n",
-        rep["floor"], rep["conntrack_hit"], rep["conntrack_hit"] / rep["floor"], rep["pass"], rep["pass"] / rep["floor"]
+        rep["floor"],
+        rep["conntrack_hit"],
+        rep["conntrack_hit"] / rep["floor"],
+        rep["pass"],
+        rep["pass"] / rep["floor"]
     );
-    body += &format!("## Maglev table build (size 65537, median of 31)\n\n| backends | ms | target |\n|---|---|---|\n| 100 | {m100:.3} | |\n| 1000 | {m1000:.3} | ≤ 1.5 |\n\n");
+    body += &format!(
+        "## Maglev table build (size 65537, median of 31)\n\n| backends | ms | target |\n|---|---|---|\n| 100 | {m100:.3} | |\n| 1000 | {m1000:.3} | ≤ 1.5 |\n\n"
+    );
     let md_path = docs.join("benchmarks.md");
     let md = std::fs::read_to_string(&md_path).unwrap_or_else(|_| "# Benchmarks\n\nWritten by `cargo xtask bench`; do not edit the generated sections by hand.\n".into());
     std::fs::write(&md_path, replace_section(&md, "xdp", &body))?;

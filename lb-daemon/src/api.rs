@@ -1,0 +1,244 @@
+//! The HTTP/JSON API (axum), served on a root-only unix socket and optionally on TCP
+//! behind a bearer token and a source allow-list. Every request is logged with its outcome.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use axum::{
+    Json, Router,
+    extract::{ConnectInfo, Query, Request, State as AxState},
+    http::{HeaderMap, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::{Mutex, Notify};
+use tracing::info;
+
+use crate::{
+    runtime::{ChangeError, Runtime},
+    state::{Proto, ServiceId, State},
+};
+
+pub struct Shared {
+    pub rt: Mutex<Runtime>,
+    pub shutdown: Notify,
+    pub unload: std::sync::atomic::AtomicBool,
+}
+
+pub type Ctx = Arc<Shared>;
+
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn bad(e: impl std::fmt::Display) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, e.to_string())
+}
+
+fn internal(e: anyhow::Error) -> ApiError {
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+}
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+pub fn router(ctx: Ctx) -> Router {
+    Router::new()
+        .route("/v1/state", get(get_state).put(put_state))
+        .route("/v1/stats", get(get_stats))
+        .route("/v1/zero", post(zero))
+        .route("/v1/route", get(route))
+        .route("/v1/status", get(status))
+        .route("/v1/shutdown", post(shutdown))
+        .route("/v1/openapi.json", get(openapi))
+        .layer(middleware::from_fn(log_requests))
+        .with_state(ctx)
+}
+
+async fn log_requests(req: Request, next: Next) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let res = next.run(req).await;
+    info!(target: "lb_daemon::api", %method, %path, status = res.status().as_u16(), "request");
+    res
+}
+
+/// TCP listener guard: bearer token and optional source allow-list.
+pub async fn require_token(
+    AxState((token, allow)): AxState<(Arc<String>, Arc<Vec<IpAddr>>)>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
+    if !allow.is_empty() && !allow.contains(&peer.ip()) {
+        return ApiError(
+            StatusCode::FORBIDDEN,
+            format!("source {} is not in api.allow", peer.ip()),
+        )
+        .into_response();
+    }
+    let ok = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
+    if !ok {
+        return ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token".into(),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+async fn get_state(AxState(ctx): AxState<Ctx>) -> ApiResult {
+    let rt = ctx.rt.lock().await;
+    Ok(Json(
+        json!({ "generation": rt.generation, "state": rt.state }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutState {
+    generation: u64,
+    state: State,
+}
+
+async fn put_state(
+    AxState(ctx): AxState<Ctx>,
+    body: Result<Json<PutState>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult {
+    let Json(body) = body.map_err(|e| bad(format!("request body: {}", e.body_text())))?;
+    let mut rt = ctx.rt.lock().await;
+    match rt.replace_state(body.generation, body.state) {
+        Ok(report) => {
+            info!(generation = rt.generation, ?report, "state replaced");
+            Ok(Json(json!({ "generation": rt.generation, "report": {
+                "services_added": report.services_added,
+                "services_removed": report.services_removed,
+                "services_changed": report.services_changed,
+                "slots_written": report.slots_written,
+            }})))
+        }
+        Err(e @ ChangeError::Conflict { .. }) => Err(ApiError(StatusCode::CONFLICT, e.to_string())),
+        Err(e) => Err(bad(e)),
+    }
+}
+
+async fn get_stats(AxState(ctx): AxState<Ctx>) -> ApiResult {
+    let rt = ctx.rt.lock().await;
+    let v = crate::stats::stats_view(&rt).map_err(internal)?;
+    Ok(Json(
+        serde_json::to_value(v).map_err(|e| internal(e.into()))?,
+    ))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ZeroBody {
+    #[serde(default)]
+    service: Option<ServiceId>,
+}
+
+async fn zero(AxState(ctx): AxState<Ctx>, body: Option<Json<ZeroBody>>) -> ApiResult {
+    let body = body.map(|b| b.0).unwrap_or_default();
+    let mut rt = ctx.rt.lock().await;
+    match body.service {
+        None => rt.dp.zero(None).map_err(internal)?,
+        Some(id) => {
+            let svc = rt
+                .state
+                .services
+                .iter()
+                .find(|s| s.id() == id)
+                .cloned()
+                .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no such service {id}")))?;
+            let idx = rt.proj.vip_idx(&id).into_iter().collect::<Vec<_>>();
+            let ids: Vec<u32> = svc
+                .backends
+                .iter()
+                .filter_map(|r| rt.proj.backend_id(&id, r.address))
+                .collect();
+            rt.dp.zero(Some((&idx, &ids))).map_err(internal)?;
+        }
+    }
+    Ok(Json(json!({ "zeroed": true })))
+}
+
+#[derive(Deserialize)]
+struct RouteQuery {
+    client: SocketAddr,
+    vip: SocketAddr,
+    #[serde(default = "tcp")]
+    proto: Proto,
+}
+
+fn tcp() -> Proto {
+    Proto::Tcp
+}
+
+async fn route(
+    AxState(ctx): AxState<Ctx>,
+    q: Result<Query<RouteQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    let rt = ctx.rt.lock().await;
+    let a = rt
+        .route(q.client, q.vip, q.proto)
+        .map_err(|e| ApiError(StatusCode::NOT_FOUND, format!("{e:#}")))?;
+    Ok(Json(
+        serde_json::to_value(a).map_err(|e| internal(e.into()))?,
+    ))
+}
+
+async fn status(AxState(ctx): AxState<Ctx>) -> ApiResult {
+    let rt = ctx.rt.lock().await;
+    let backends: usize = rt.state.services.iter().map(|s| s.backends.len()).sum();
+    Ok(Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "instance": rt.cfg.daemon.instance,
+        "generation": rt.generation,
+        "adopted": rt.adopted,
+        "interfaces": rt.attached.iter().map(|(n, m)| json!({"name": n, "mode": m})).collect::<Vec<_>>(),
+        "services": rt.state.services.len(),
+        "backends": backends,
+        "conns": rt.dp.conns().len(),
+        "conn_capacity": rt.cfg.capacity.conn_table,
+    })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ShutdownBody {
+    #[serde(default)]
+    unload: bool,
+}
+
+async fn shutdown(AxState(ctx): AxState<Ctx>, body: Option<Json<ShutdownBody>>) -> ApiResult {
+    let unload = body.map(|b| b.0.unload).unwrap_or(false);
+    ctx.unload
+        .store(unload, std::sync::atomic::Ordering::SeqCst);
+    ctx.shutdown.notify_one();
+    Ok(Json(json!({ "shutting_down": true, "unload": unload })))
+}
+
+async fn openapi() -> Json<Value> {
+    Json(
+        serde_json::from_str(include_str!("../openapi.json"))
+            .expect("embedded openapi.json is valid"),
+    )
+}
