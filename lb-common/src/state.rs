@@ -266,15 +266,15 @@ impl State {
                 max_backends - 1
             );
         }
-        if let Some(p) = self.tunnel.source_v4_prefix {
-            if p > 32 {
-                bail!("tunnel.source_v4_prefix: {p} is above 32");
-            }
+        if let Some(p) = self.tunnel.source_v4_prefix
+            && p > 32
+        {
+            bail!("tunnel.source_v4_prefix: {p} is above 32");
         }
-        if let Some(m) = self.tunnel.mtu {
-            if !(576..=65535).contains(&m) {
-                bail!("tunnel.mtu: {m} is outside 576..=65535");
-            }
+        if let Some(m) = self.tunnel.mtu
+            && !(576..=65535).contains(&m)
+        {
+            bail!("tunnel.mtu: {m} is outside 576..=65535");
         }
         Ok(())
     }

@@ -60,6 +60,28 @@ fn init_logging(json: bool) {
     }
 }
 
+/// Pins need bpffs at /sys/fs/bpf. `ip netns exec` gives its command a fresh /sys
+/// without it: mount one there, and say that its pins are private to that mount
+/// namespace (run the daemon with `nsenter --net=...` to keep the host's bpffs).
+fn ensure_bpffs() -> Result<()> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let path = c"/sys/fs/bpf";
+    // SAFETY: statfs on a NUL-terminated path into a zeroed struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let is_bpffs = unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC;
+    if is_bpffs {
+        return Ok(());
+    }
+    std::fs::create_dir_all("/sys/fs/bpf").ok();
+    // SAFETY: mount(2) with static C strings.
+    let r = unsafe { libc::mount(c"bpf".as_ptr(), path.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null()) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error()).context("mounting bpffs on /sys/fs/bpf");
+    }
+    warn!("mounted a bpffs on /sys/fs/bpf in this mount namespace: pins live only as long as it does");
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -86,8 +108,8 @@ async fn main() -> Result<()> {
         return Ok(());
     }
     let pin = !args.no_pin;
-    if pin && !std::path::Path::new("/sys/fs/bpf").join(".").exists() {
-        warn!("/sys/fs/bpf is missing: mount bpffs (mount -t bpf bpf /sys/fs/bpf)");
+    if pin {
+        ensure_bpffs()?;
     }
     let socket = cfg.socket();
     let token = match &cfg.daemon.api_token_file {

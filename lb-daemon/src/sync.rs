@@ -43,6 +43,18 @@ pub struct AllocEntry {
     pub backends: Vec<(IpAddr, u32)>,
 }
 
+/// A service being (re)installed by one apply.
+struct Pending<'a> {
+    id: ServiceId,
+    svc: &'a Service,
+    idx: u32,
+    ids: BTreeMap<IpAddr, u32>,
+    existed: bool,
+    leaving: Vec<(IpAddr, u32)>,
+    table: Vec<u32>,
+    seq_len: u32,
+}
+
 struct Installed {
     svc: Service,
     idx: u32,
@@ -247,6 +259,9 @@ impl Projector {
             self.free_idx.push_back(inst.idx);
             report.services_removed += 1;
         }
+        // Phase 1 (sequential): ids, and backend entries written before any slot can
+        // point at them.
+        let mut work: Vec<Pending> = Vec::new();
         for (id, svc) in &wanted {
             let (idx, mut ids, existed) = match self.installed.remove(id) {
                 Some(inst) if &inst.svc == *svc => {
@@ -295,37 +310,47 @@ impl Projector {
                     dp.set_backend(bid, &b)?;
                 }
             }
-            let (table, seq_len) = table_for(svc, &ids, self.ring_size);
-            report.slots_written += dp.write_table(idx, &table);
+            work.push(Pending { id: *id, svc, idx, ids, existed, leaving, table: Vec::new(), seq_len: 0 });
+        }
+        // Phase 2 (parallel): the tables are pure computation, one per service.
+        let ring = self.ring_size;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(work.len().max(1));
+        let chunk = work.len().div_ceil(threads.max(1)).max(1);
+        std::thread::scope(|sc| {
+            for part in work.chunks_mut(chunk) {
+                sc.spawn(move || {
+                    for w in part {
+                        (w.table, w.seq_len) = table_for(w.svc, &w.ids, ring);
+                    }
+                });
+            }
+        });
+        // Phase 3 (sequential): slots (only those that change), then the VIP entry, then
+        // the backends that left are invalidated.
+        for w in work {
+            report.slots_written += dp.write_table(w.idx, &w.table);
             let meta = VipMeta {
-                idx,
-                sched: svc.scheduler.code(),
+                idx: w.idx,
+                sched: w.svc.scheduler.code(),
                 flags: 0,
-                persist_secs: svc.persistence,
-                seq_len,
+                persist_secs: w.svc.persistence,
+                seq_len: w.seq_len,
                 _pad: 0,
             };
-            dp.set_vip(&vip_key(id.address, id.port, id.proto.number()), &meta)?;
-            if !existed {
-                dp.reset_rr(idx)?;
+            dp.set_vip(&vip_key(w.id.address, w.id.port, w.id.proto.number()), &meta)?;
+            if !w.existed {
+                dp.reset_rr(w.idx)?;
             }
-            for (_, bid) in leaving {
+            for (_, bid) in w.leaving {
                 dp.set_backend(bid, &Backend::default())?;
                 self.free_ids.push_back(bid);
             }
-            if existed {
+            if w.existed {
                 report.services_changed += 1;
             } else {
                 report.services_added += 1;
             }
-            self.installed.insert(
-                *id,
-                Installed {
-                    svc: (*svc).clone(),
-                    idx,
-                    ids,
-                },
-            );
+            self.installed.insert(w.id, Installed { svc: w.svc.clone(), idx: w.idx, ids: w.ids });
         }
         self.sync_markers(dp)?;
         Ok(report)
