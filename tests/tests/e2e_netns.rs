@@ -18,8 +18,8 @@ use std::{
 use netns::{Lab, SERVERS, VIP, VIP_PORT};
 
 /// New connections through the VIP (one curl each). rs3 (weight 2) expects half of
-/// them, rs1 and rs2 a quarter: with 200, rs3 falls to either's count with a
-/// probability below 1e-5.
+/// them, rs1 and rs2 a quarter: with 200, rs3 falls to either one's count with a
+/// probability of about 1e-5 (4.3 standard deviations).
 const REQUESTS: u32 = 200;
 
 fn workspace() -> PathBuf {

@@ -22,14 +22,15 @@ pub fn run(daemon: &Path, requests: u32) -> Result<()> {
 
     let mut lab = Lab::build(PREFIX, object)?;
     println!(
-        "demo: built {PREFIX}{{sw,lb,client,{}}}: bridge br0 on {LB_ADDR}/{}; \
-         LB {LB_IF} {LB_ADDR} with VIP {VIP} on lo; client {CLIENT_ADDR}",
+        "demo: built namespaces {PREFIX}{{sw,lb,client,{}}} on one bridge (br0 in {PREFIX}sw)",
         SERVERS.map(|s| s.name).join(","),
-        netns::PREFIX_LEN,
     );
+    let len = netns::PREFIX_LEN;
+    println!("      lb      {LB_IF} {LB_ADDR}/{len}, VIP {VIP} on lo, xdp_pass on its bridge port");
+    println!("      client  eth0 {CLIENT_ADDR}/{len}");
     for s in &SERVERS {
         println!(
-            "      {} {} {} (weight {}): nginx, VIP on lo, xdp_decap",
+            "      {:<7} eth0 {}/{len} {}, VIP on lo, xdp_decap, nginx (weight {})",
             s.name, s.addr, s.mac, s.weight
         );
     }
@@ -55,13 +56,23 @@ pub fn run(daemon: &Path, requests: u32) -> Result<()> {
 
     println!("demo: {requests} requests from the client to {url}, answered by:");
     let max = tally.values().copied().max().unwrap_or(1).max(1);
+    let weights: u32 = SERVERS.iter().map(|s| s.weight).sum();
     for s in &SERVERS {
         let n = tally[s.name];
         let bar = "#".repeat((n * 40).div_ceil(max) as usize);
-        println!("      {} (weight {}) {n:>5}  {bar}", s.name, s.weight);
+        println!(
+            "      {} (weight {}, {:>2}% expected) {n:>5} {:>3}%  {bar}",
+            s.name,
+            s.weight,
+            s.weight * 100 / weights,
+            n * 100 / requests
+        );
     }
-    for f in &failures {
+    for f in failures.iter().take(5) {
         println!("      FAILED {f}");
+    }
+    if failures.len() > 5 {
+        println!("      … and {} more failures", failures.len() - 5);
     }
 
     let table = lab.stop_daemon()?;
@@ -112,7 +123,7 @@ fn check_default_config(daemon: &Path) -> Result<()> {
 
 /// The XDP object the daemon embeds (aya::include_bytes_aligned!): the relocatable
 /// eBPF ELF inside the binary, up to the end of its section header table.
-pub fn embedded_object(binary: &[u8]) -> Option<&[u8]> {
+fn embedded_object(binary: &[u8]) -> Option<&[u8]> {
     const MAGIC: &[u8] = b"\x7fELF\x02\x01\x01"; // 64-bit, little endian, version 1
     const ET_REL: u16 = 1;
     const EM_BPF: u16 = 247;

@@ -214,8 +214,8 @@ fn big_config(services: u32, per: u32) -> String {
         for b in 0..per {
             t += &format!(
                 "[[service.backends]]\naddress = \"172.16.{}.{}\"\nmac = \"02:00:00:00:{:02x}:{:02x}\"\n",
-                b / 256,
-                b % 256 + 1,
+                b / 250,
+                b % 250 + 1,
                 b / 256,
                 b % 256
             );
@@ -243,7 +243,7 @@ fn control_plane() -> Result<(f64, f64, usize)> {
     let mut slots = 0;
     for i in 0..21u32 {
         let mut st = lab.state.clone();
-        st.services[0].backends[7].weight = 1 + (i % 2) * 2;
+        st.services[0].backends[7].weight = if i % 2 == 0 { 3 } else { 1 };
         let t = Instant::now();
         let r = lab.apply(st)?;
         times.push(t.elapsed().as_nanos() as u64);
