@@ -54,6 +54,7 @@ pub fn router(ctx: Ctx) -> Router {
     Router::new()
         .route("/v1/state", get(get_state).put(put_state))
         .route("/v1/stats", get(get_stats))
+        .route("/v1/conns", get(get_conns))
         .route("/v1/zero", post(zero))
         .route("/v1/route", get(route))
         .route("/v1/status", get(status))
@@ -145,6 +146,11 @@ async fn get_stats(AxState(ctx): AxState<Ctx>) -> ApiResult {
     Ok(Json(
         serde_json::to_value(v).map_err(|e| internal(e.into()))?,
     ))
+}
+
+async fn get_conns(AxState(ctx): AxState<Ctx>) -> ApiResult {
+    let rt = ctx.rt.lock().await;
+    Ok(Json(json!({ "conns": rt.conns() })))
 }
 
 #[derive(Deserialize, Default)]

@@ -268,9 +268,66 @@ impl Runtime {
         })
     }
 
+    /// The connection table, with ids resolved to addresses.
+    pub fn conns(&self) -> Vec<ConnEntry> {
+        let mut by_id = std::collections::HashMap::new();
+        for svc in &self.state.services {
+            for r in &svc.backends {
+                if let Some(id) = self.proj.backend_id(&svc.id(), r.address) {
+                    by_id.insert(id, r.address);
+                }
+            }
+        }
+        let now = coarse_now_ns();
+        let mut out: Vec<ConnEntry> = self
+            .dp
+            .conns()
+            .into_iter()
+            .map(|(k, c)| ConnEntry {
+                proto: if k.proto == lb_common::PROTO_TCP { "tcp" } else { "udp" }.into(),
+                client: SocketAddr::new(ip_of(&k.src, k.family), u16::from_be(k.sport)),
+                vip: SocketAddr::new(ip_of(&k.dst, k.family), u16::from_be(k.dport)),
+                backend: by_id.get(&c.backend).copied(),
+                backend_id: c.backend,
+                established: c.flags & lb_common::CONN_F_ACK_SEEN != 0,
+                idle_secs: now.saturating_sub(c.last_seen_ns) / 1_000_000_000,
+            })
+            .collect();
+        out.sort_by_key(|e| (e.vip, e.client));
+        out
+    }
+
     pub fn reason_counts(&self) -> Result<Vec<(Reason, u64)>> {
         self.dp.reason_counts()
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ConnEntry {
+    pub proto: String,
+    pub client: SocketAddr,
+    pub vip: SocketAddr,
+    pub backend: Option<IpAddr>,
+    pub backend_id: u32,
+    /// The client's ACK was seen (handshake done, as far as the LB can tell).
+    pub established: bool,
+    pub idle_secs: u64,
+}
+
+fn ip_of(a: &[u8; 16], family: u8) -> IpAddr {
+    if family == lb_common::FAMILY_V4 {
+        IpAddr::from([a[0], a[1], a[2], a[3]])
+    } else {
+        IpAddr::from(*a)
+    }
+}
+
+/// CLOCK_MONOTONIC_COARSE, the clock behind bpf_ktime_get_coarse_ns.
+fn coarse_now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 #[derive(Debug, Serialize)]
