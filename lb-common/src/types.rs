@@ -136,8 +136,12 @@ assert_size!(FragKey, 40);
 pub struct FragVal {
     pub backend: u32,
     pub vip_idx: u32,
+    /// The first fragment's flow hash: later fragments (which carry no ports) get the
+    /// same tunnel source, GUE port and flow label, so they stay on one path.
+    pub flow_hash: u32,
+    pub _pad: u32,
 }
-assert_size!(FragVal, 8);
+assert_size!(FragVal, 16);
 
 /// CTRL[0]: knobs the daemon sets for the whole data plane.
 #[repr(C)]

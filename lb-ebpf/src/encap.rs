@@ -115,7 +115,7 @@ struct Ipv6Hdr {
 pub fn tunnel(
     ctx: &XdpContext,
     p: &Packet,
-    flow: &lb_common::FlowKey,
+    hash: u32,
     b: &Backend,
     ctrl: &Ctrl,
     mtu_check: bool,
@@ -137,7 +137,6 @@ pub fn tunnel(
             (b0[0] << 4) | (b0[1] >> 4)
         }
     };
-    let hash = flow_hash(flow);
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(oh as i32)) } != 0 {
         return Err(Reason::DropInternal);
     }

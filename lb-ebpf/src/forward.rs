@@ -1,7 +1,7 @@
 //! The last step for every balanced packet: count it, then DR or tunnel.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{Ctrl, FlowKey, MODE_DR, Reason};
+use lb_common::{Ctrl, FlowKey, MODE_DR, Reason, hash::flow_hash};
 
 use crate::{
     counters, encap,
@@ -9,14 +9,16 @@ use crate::{
     select::{self, Choice},
 };
 
-/// `flow` is the flow the packet belongs to (for ICMP errors: the quoted one),
-/// which decides the tunnel's outer source and UDP port. `mtu_check` is off for
+/// `flow` is the flow the packet belongs to (for ICMP errors: the quoted one); its hash
+/// (or `hash`, for later fragments: the first fragment's) decides the tunnel's outer
+/// source, GUE source port and IPv6 flow label. `mtu_check` is off for
 /// ICMP errors: an ICMP error must never be answered with another one.
 #[inline(always)]
 pub fn to_backend(
     ctx: &XdpContext,
     p: &Packet,
     flow: &FlowKey,
+    hash: Option<u32>,
     vip_idx: u32,
     c: &Choice,
     ctrl: &Ctrl,
@@ -29,6 +31,8 @@ pub fn to_backend(
     if b.mode == MODE_DR {
         encap::dr(ctx, b)
     } else {
-        encap::tunnel(ctx, p, flow, b, ctrl, mtu_check)
+        // Hashed only here: DR needs no hash.
+        let hash = hash.unwrap_or_else(|| flow_hash(flow));
+        encap::tunnel(ctx, p, hash, b, ctrl, mtu_check)
     }
 }

@@ -43,11 +43,11 @@ pub fn handle(ctx: &XdpContext, p: &Packet, ctrl: &Ctrl) -> Result<Reason, Reaso
     }
     if is_error(fam, ty) {
         // Where the quoted packet (VIP → client) was going tells us the flow.
-        if let Ok(flow) = quoted_flow(ctx, p.l4_off + 8, fam)
+        if let Ok(flow) = quoted_flow(ctx, p, p.l4_off + 8, fam)
             && let Some(vip) = select::vip(&flow, ctrl)
         {
             let choice = select::choose(&flow, vip, ctrl, 0, false)?;
-            let r = forward::to_backend(ctx, p, &flow, vip.idx, &choice, ctrl, false)?;
+            let r = forward::to_backend(ctx, p, &flow, None, vip.idx, &choice, ctrl, false)?;
             // DR/TUN forwarding of the error (a too-big answer is never sent for it).
             return Ok(if r == Reason::DropNoBackend {
                 r

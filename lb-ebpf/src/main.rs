@@ -18,7 +18,7 @@ mod parse;
 mod select;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Reason};
+use lb_common::{PROTO_TCP, PROTO_UDP, Reason};
 
 use crate::{
     maps::{CTRL, FRAGS},
@@ -47,7 +47,7 @@ fn try_lb(ctx: &XdpContext) -> Result<Reason, Reason> {
     };
     match p.flow.proto {
         PROTO_TCP | PROTO_UDP => {}
-        PROTO_ICMP | PROTO_ICMPV6 if p.frag == parse::FRAG_NONE => {
+        proto if parse::is_icmp(p.flow.family, proto) && p.frag == parse::FRAG_NONE => {
             return icmp::handle(ctx, &p, ctrl);
         }
         proto => {
@@ -79,11 +79,13 @@ fn try_lb(ctx: &XdpContext) -> Result<Reason, Reason> {
             &lb_common::FragVal {
                 backend: choice.id,
                 vip_idx: vip.idx,
+                flow_hash: lb_common::hash::flow_hash(&p.flow),
+                _pad: 0,
             },
             0,
         );
     }
-    forward::to_backend(ctx, &p, &p.flow, vip.idx, &choice, ctrl, true)
+    forward::to_backend(ctx, &p, &p.flow, None, vip.idx, &choice, ctrl, true)
 }
 
 #[inline(always)]
@@ -115,7 +117,7 @@ fn later_fragment(
         id: f.backend,
         new_conn: false,
     };
-    forward::to_backend(ctx, p, &p.flow, f.vip_idx, &choice, ctrl, true)
+    forward::to_backend(ctx, p, &p.flow, Some(f.flow_hash), f.vip_idx, &choice, ctrl, true)
 }
 
 #[xdp]

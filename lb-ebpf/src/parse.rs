@@ -50,6 +50,24 @@ pub struct Packet {
     pub tcp_flags: u8,
 }
 
+impl Packet {
+    /// Offset just past the IP datagram (Ethernet padding may follow).
+    #[inline(always)]
+    pub fn end(&self) -> usize {
+        self.l3_off + self.ip_len as usize
+    }
+}
+
+/// `len` bytes at `off` must lie inside the IP datagram, not just inside the frame:
+/// a header in Ethernet padding is malformed, not a header.
+#[inline(always)]
+pub fn within(p: &Packet, off: usize, len: usize) -> Result<(), Reason> {
+    if off + len > p.end() {
+        return Err(Reason::PassMalformed);
+    }
+    Ok(())
+}
+
 /// `align(4)`: lets LLVM read the addresses as words. The packet is only 2-byte aligned
 /// there, which x86 and arm64 load fine and the verifier allows without strict alignment.
 #[repr(C, align(4))]
@@ -148,6 +166,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
         p.flow.src = ip.src;
         p.flow.dst = ip.dst;
         if ip.next == IPV6_FRAG {
+            within(&p, p.l4_off, 8)?;
             let fh: *const Frag6 = ptr_at(ctx, p.l4_off)?;
             let fh = unsafe { &*fh };
             let off = be16(&fh.off);
@@ -171,6 +190,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
     }
     match p.flow.proto {
         PROTO_TCP => {
+            within(&p, p.l4_off, 20)?;
             let th: *const [u8; 20] = ptr_at(ctx, p.l4_off)?;
             let th = unsafe { &*th };
             p.flow.sport = u16::from_ne_bytes([th[0], th[1]]);
@@ -178,12 +198,14 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
             p.tcp_flags = th[13];
         }
         PROTO_UDP => {
+            within(&p, p.l4_off, 8)?;
             let uh: *const [u8; 8] = ptr_at(ctx, p.l4_off)?;
             let uh = unsafe { &*uh };
             p.flow.sport = u16::from_ne_bytes([uh[0], uh[1]]);
             p.flow.dport = u16::from_ne_bytes([uh[2], uh[3]]);
         }
-        PROTO_ICMP | PROTO_ICMPV6 => {
+        proto if is_icmp(p.flow.family, proto) => {
+            within(&p, p.l4_off, 8)?;
             let _: *const [u8; 8] = ptr_at(ctx, p.l4_off)?;
         }
         _ => {}
@@ -191,15 +213,22 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
     Ok(p)
 }
 
+/// ICMP for the packet's own family only (protocol 58 in IPv4 is not ICMP).
+#[inline(always)]
+pub fn is_icmp(family: u8, proto: u8) -> bool {
+    (family == FAMILY_V4 && proto == PROTO_ICMP) || (family == FAMILY_V6 && proto == PROTO_ICMPV6)
+}
+
 /// The flow an ICMP error is about, reversed into the client → VIP direction.
 /// `off` is the offset of the quoted (inner) IP header.
 #[inline(always)]
-pub fn quoted_flow(ctx: &XdpContext, off: usize, family: u8) -> Result<FlowKey, Reason> {
+pub fn quoted_flow(ctx: &XdpContext, p: &Packet, off: usize, family: u8) -> Result<FlowKey, Reason> {
     let mut f = FlowKey {
         family,
         ..FlowKey::default()
     };
     let l4 = if family == FAMILY_V4 {
+        within(p, off, 20)?;
         let ip: *const Ipv4 = ptr_at(ctx, off)?;
         let ip = unsafe { &*ip };
         let hl = ((ip.vihl & 0x0f) as usize) * 4;
@@ -211,8 +240,12 @@ pub fn quoted_flow(ctx: &XdpContext, off: usize, family: u8) -> Result<FlowKey, 
         f.dst[..4].copy_from_slice(&ip.src);
         off + hl
     } else {
+        within(p, off, 40)?;
         let ip: *const Ipv6 = ptr_at(ctx, off)?;
         let ip = unsafe { &*ip };
+        if ip.vcf[0] >> 4 != 6 {
+            return Err(Reason::PassMalformed);
+        }
         f.proto = ip.next;
         f.src = ip.dst;
         f.dst = ip.src;
@@ -221,6 +254,7 @@ pub fn quoted_flow(ctx: &XdpContext, off: usize, family: u8) -> Result<FlowKey, 
     if f.proto != PROTO_TCP && f.proto != PROTO_UDP {
         return Err(Reason::PassIcmpOther);
     }
+    within(p, l4, 4)?;
     let ports: *const [u8; 4] = ptr_at(ctx, l4)?;
     let ports = unsafe { &*ports };
     f.sport = u16::from_ne_bytes([ports[2], ports[3]]);

@@ -91,7 +91,7 @@ pub fn choose(
             });
         }
     }
-    let id = persistent_or_scheduled(flow, vip, ctrl, now)?;
+    let id = persistent_or_scheduled(flow, vip, ctrl, now, track)?;
     if backend(id).is_none() {
         return Err(Reason::DropNoBackend);
     }
@@ -121,6 +121,7 @@ fn persistent_or_scheduled(
     vip: &VipMeta,
     ctrl: &Ctrl,
     now: u64,
+    track: bool,
 ) -> Result<u32, Reason> {
     if vip.persist_secs == 0 {
         return schedule(flow, vip, ctrl);
@@ -133,11 +134,16 @@ fn persistent_or_scheduled(
     if let Some(t) = PERSIST.get_ptr_mut(&key) {
         let t = unsafe { &mut *t };
         if now < t.expires_ns && backend(t.backend).is_some() {
-            t.expires_ns = now + ttl;
+            if track {
+                t.expires_ns = now + ttl;
+            }
             return Ok(t.backend);
         }
     }
     let id = schedule(flow, vip, ctrl)?;
+    if !track {
+        return Ok(id);
+    }
     let _ = PERSIST.insert(
         &key,
         &PersistVal {
