@@ -73,6 +73,8 @@ pub mod map_names {
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const REASONS: &str = "REASONS";
+    pub const VIP_FILTER: &str = "VIP_FILTER";
+    pub const VIP_GEN: &str = "VIP_GEN";
     /// Every map of `xdp_lb`, for pinning.
     pub const ALL: &[&str] = &[
         VIPS,
@@ -88,6 +90,11 @@ pub mod map_names {
         REASONS,
     ];
 }
+
+/// VIP_FILTER: a bitmap over VIP addresses (64-bit words), so that traffic to other
+/// addresses leaves after one array read instead of a hash lookup.
+pub const VIP_FILTER_WORDS: u32 = 1024;
+pub const VIP_FILTER_BITS: u32 = VIP_FILTER_WORDS * 64;
 
 /// Default map capacities (overridable at load time).
 pub const DEFAULT_MAX_VIPS: u32 = 256;

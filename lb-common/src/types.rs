@@ -92,9 +92,11 @@ pub struct Conn {
     pub flags: u32,
     /// bpf_ktime_get_coarse_ns() when last refreshed (refreshed at most once a second).
     pub last_seen_ns: u64,
-    /// VIP index, so that user space can attribute entries without a reverse lookup.
+    /// VIP index: the data plane counts hits without looking the VIP up again.
     pub vip_idx: u32,
-    pub _pad: u32,
+    /// VIP_GEN[vip_idx] when the entry was made: a removed (or re-created) VIP bumps
+    /// its generation, so its old entries stop matching.
+    pub vip_gen: u32,
 }
 assert_size!(Conn, 24);
 

@@ -224,6 +224,7 @@ async fn status(AxState(ctx): AxState<Ctx>) -> ApiResult {
         "backends": backends,
         "conns": rt.dp.conns().len(),
         "conn_capacity": rt.cfg.capacity.conn_table,
+        "conn_timeout": rt.cfg.daemon.conn_timeout,
     })))
 }
 

@@ -65,6 +65,12 @@ impl SlotMem {
         // SAFETY: `len` u32s lie inside the mapping, which lives as long as self.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
+
+    /// The mapping as 64-bit words (for VIP_FILTER: `len` counts u32 halves).
+    fn words(&self) -> &[std::sync::atomic::AtomicU64] {
+        // SAFETY: the mapping is page-aligned and holds `len / 2` u64s.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast(), self.len / 2) }
+    }
 }
 
 impl Drop for SlotMem {
@@ -90,6 +96,9 @@ pub struct DataPlane {
     rr_state: PerCpuArray<MapData, u32>,
     slots: SlotMem,
     _maglev: MapData,
+    filter: SlotMem,
+    _filter: MapData,
+    vip_gen: Array<MapData, u32>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
@@ -113,6 +122,11 @@ impl DataPlane {
             _ => bail!("MAGLEV is not an array"),
         };
         let slots = SlotMem::new(&maglev, cap.max_vips * cap.ring_size)?;
+        let filter_map = match take(&mut ebpf, m::VIP_FILTER)? {
+            Map::Array(d) => d,
+            _ => bail!("VIP_FILTER is not an array"),
+        };
+        let filter = SlotMem::new(&filter_map, lb_common::VIP_FILTER_WORDS * 2)?;
         let dp = DataPlane {
             vips: take(&mut ebpf, m::VIPS)?.try_into()?,
             backends: take(&mut ebpf, m::BACKENDS)?.try_into()?,
@@ -124,6 +138,9 @@ impl DataPlane {
             rr_state: take(&mut ebpf, m::RR_STATE)?.try_into()?,
             slots,
             _maglev: maglev,
+            filter,
+            _filter: filter_map,
+            vip_gen: take(&mut ebpf, m::VIP_GEN)?.try_into()?,
             ebpf,
             cap,
         };
@@ -230,6 +247,34 @@ impl DataPlane {
             }
         }
         written
+    }
+
+    /// Makes VIP_FILTER equal `bits` (VIP_FILTER_WORDS words), writing changed words only.
+    /// Bits are set before the VIP entries that need them and cleared after.
+    pub fn write_filter(&self, bits: &[u64]) -> usize {
+        let mut n = 0;
+        for (w, v) in self.filter.words().iter().zip(bits) {
+            if w.load(Ordering::Relaxed) != *v {
+                w.store(*v, Ordering::Relaxed);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    pub fn filter(&self) -> Vec<u64> {
+        self.filter.words().iter().map(|w| w.load(Ordering::Relaxed)).collect()
+    }
+
+    /// Retires VIP `idx`'s generation: its connection entries stop matching.
+    pub fn bump_vip_gen(&mut self, idx: u32) -> Result<()> {
+        let g = self.vip_gen.get(&idx, 0)?;
+        self.vip_gen.set(idx, &g.wrapping_add(1), 0)?;
+        Ok(())
+    }
+
+    pub fn vip_gen(&self, idx: u32) -> Result<u32> {
+        Ok(self.vip_gen.get(&idx, 0)?)
     }
 
     pub fn reset_rr(&mut self, idx: u32) -> Result<()> {

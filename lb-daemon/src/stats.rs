@@ -91,7 +91,58 @@ pub fn reasons_table(dp: &DataPlane) -> Result<String> {
     Ok(out)
 }
 
-/// Placeholder until lb_common::ops::StatsView lands.
-pub fn stats_view(rt: &crate::runtime::Runtime) -> Result<serde_json::Value> {
-    Ok(serde_json::json!({ "table": stats_table(&rt.dp, &rt.proj, &rt.state, true)? }))
+/// The API's view of the counters: per service and backend, plus counters by reason.
+/// Active/inactive connections come from the connection table: an entry whose client
+/// ACK was seen is active (ESTABLISHED), any other is inactive, as in IPVS.
+pub fn stats_view(rt: &crate::runtime::Runtime) -> Result<lb_common::ops::StatsView> {
+    use std::collections::HashMap;
+
+    use lb_common::ops::{BackendStats, ServiceStats, StatsView};
+    let mut active: HashMap<u32, (u64, u64)> = HashMap::new();
+    for (_, c) in rt.dp.conns() {
+        let e = active.entry(c.backend).or_default();
+        if c.flags & lb_common::CONN_F_ACK_SEEN != 0 {
+            e.0 += 1;
+        } else {
+            e.1 += 1;
+        }
+    }
+    let mut services = Vec::new();
+    for s in &rt.state.services {
+        let id = s.id();
+        let Some(idx) = rt.proj.vip_idx(&id) else { continue };
+        let c = rt.dp.vip_counters(idx)?;
+        let mut backends = Vec::new();
+        for r in &s.backends {
+            let Some(bid) = rt.proj.backend_id(&id, r.address) else { continue };
+            let b = rt.dp.backend_counters(bid)?;
+            let (a, i) = active.get(&bid).copied().unwrap_or_default();
+            backends.push(BackendStats {
+                address: r.address,
+                forward: r.forward,
+                weight: r.weight,
+                conns: b.new_conns,
+                inpkts: b.packets,
+                inbytes: b.bytes,
+                active_conns: a,
+                inactive_conns: i,
+            });
+        }
+        services.push(ServiceStats {
+            id,
+            scheduler: s.scheduler,
+            persistence: s.persistence,
+            conns: c.new_conns,
+            inpkts: c.packets,
+            inbytes: c.bytes,
+            backends,
+        });
+    }
+    let reasons = rt
+        .dp
+        .reason_counts()?
+        .into_iter()
+        .map(|(r, n)| (r.action().to_string(), r.label().to_string(), n))
+        .collect();
+    Ok(StatsView { services, reasons })
 }

@@ -119,6 +119,16 @@ pub fn ctrl_for(t: &Tunnel, ring_size: u32, conn_timeout_secs: u32) -> Ctrl {
     c
 }
 
+/// VIP_FILTER contents for a set of VIP addresses.
+pub fn filter_bits(addrs: impl Iterator<Item = IpAddr>) -> Vec<u64> {
+    let mut bits = vec![0u64; lb_common::VIP_FILTER_WORDS as usize];
+    for a in addrs {
+        let b = lb_common::hash::addr_filter_bit(&addr_bytes(a).0);
+        bits[(b >> 6) as usize] |= 1 << (b & 63);
+    }
+    bits
+}
+
 /// The table a service's VIP should have: Maglev for mh/sh, a sequence for rr/wrr.
 pub fn table_for(svc: &Service, ids: &BTreeMap<IpAddr, u32>, ring: u32) -> (Vec<u32>, u32) {
     let members: Vec<MaglevBackend> = svc
@@ -230,6 +240,12 @@ impl Projector {
             }
         }
         let mut report = ApplyReport::default();
+        // New addresses' filter bits go in before any of their entries (stale ones are
+        // cleared at the end): a packet never meets a VIP entry its bit hides.
+        let current = dp.filter();
+        let incoming = filter_bits(desired.services.iter().map(|s| s.address));
+        let merged: Vec<u64> = incoming.iter().zip(&current).map(|(n, c)| n | c).collect();
+        dp.write_filter(&merged);
         let conn_timeout = dp.ctrl().map(|c| c.conn_timeout_secs).unwrap_or(900);
         let mut ctrl = ctrl_for(&desired.tunnel, self.ring_size, conn_timeout);
         if desired.services.iter().any(|s| s.port == 0) {
@@ -251,6 +267,7 @@ impl Projector {
         for id in gone {
             let inst = self.installed.remove(&id).expect("installed");
             dp.remove_vip(&vip_key(id.address, id.port, id.proto.number()))?;
+            dp.bump_vip_gen(inst.idx)?;
             report.slots_written += dp.write_table(inst.idx, &[]);
             for bid in inst.ids.values() {
                 dp.set_backend(*bid, &Backend::default())?;
@@ -356,10 +373,12 @@ impl Projector {
         Ok(report)
     }
 
-    /// One marker entry per VIP address (for fragments, ICMP and "unsupported" counting).
+    /// One marker entry per VIP address (for fragments, ICMP and "unsupported" counting),
+    /// and the VIP_FILTER bitmap over the VIP addresses.
     fn sync_markers(&self, dp: &mut DataPlane) -> Result<()> {
         let want: std::collections::BTreeSet<IpAddr> =
             self.installed.keys().map(|k| k.address).collect();
+        let bits = filter_bits(want.iter().copied());
         for (k, m) in dp.vips()? {
             if m.flags & VIP_F_ADDR_MARKER != 0 {
                 let addr = if k.family == FAMILY_V4 {
@@ -379,6 +398,8 @@ impl Projector {
             };
             dp.set_vip(&marker_key(a), &meta)?;
         }
+        // Now exact: bits of addresses that left are cleared.
+        dp.write_filter(&bits);
         Ok(())
     }
 }

@@ -19,7 +19,6 @@ pub fn to_backend(
     p: &Packet,
     flow: &FlowKey,
     hash: Option<u32>,
-    vip_idx: u32,
     c: &Choice,
     ctrl: &Ctrl,
     mtu_check: bool,
@@ -27,7 +26,7 @@ pub fn to_backend(
     let Some(b) = select::backend(c.id) else {
         return Ok(Reason::DropNoBackend);
     };
-    counters::traffic(vip_idx, c.id, p.ip_len as u64, c.new_conn);
+    counters::traffic(c.vip_idx, c.id, p.ip_len as u64, c.new_conn);
     if b.mode == MODE_DR {
         encap::dr(ctx, b)
     } else {

@@ -46,8 +46,12 @@ pub fn handle(ctx: &XdpContext, p: &Packet, ctrl: &Ctrl) -> Result<Reason, Reaso
         if let Ok(flow) = quoted_flow(ctx, p, p.l4_off + 8, fam)
             && let Some(vip) = select::vip(&flow, ctrl)
         {
-            let choice = select::choose(&flow, vip, ctrl, 0, false)?;
-            let r = forward::to_backend(ctx, p, &flow, None, vip.idx, &choice, ctrl, false)?;
+            let now = select::now();
+            let choice = match select::established(&flow, ctrl, 0, now, false) {
+                Some(c) => c,
+                None => select::new_flow(&flow, vip, ctrl, 0, now, false)?,
+            };
+            let r = forward::to_backend(ctx, p, &flow, None, &choice, ctrl, false)?;
             // DR/TUN forwarding of the error (a too-big answer is never sent for it).
             return Ok(if r == Reason::DropNoBackend {
                 r

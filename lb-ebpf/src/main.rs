@@ -68,24 +68,33 @@ fn try_lb(ctx: &XdpContext) -> Result<Reason, Reason> {
     if p.frag == FRAG_LATER {
         return later_fragment(ctx, &p, ctrl);
     }
-    let Some(vip) = select::vip(&p.flow, ctrl) else {
+    if !select::maybe_vip(&p.flow.dst) {
         return Ok(Reason::PassNotVip);
+    }
+    let now = select::now();
+    let choice = match select::established(&p.flow, ctrl, p.tcp_flags, now, true) {
+        Some(c) => c,
+        None => {
+            let Some(vip) = select::vip(&p.flow, ctrl) else {
+                return Ok(Reason::PassNotVip);
+            };
+            select::new_flow(&p.flow, vip, ctrl, p.tcp_flags, now, true)?
+        }
     };
-    let choice = select::choose(&p.flow, vip, ctrl, p.tcp_flags, true)?;
     if p.frag == FRAG_FIRST {
         // Later fragments carry no ports: remember where this datagram went.
         let _ = FRAGS.insert(
             &frag_key(&p),
             &lb_common::FragVal {
                 backend: choice.id,
-                vip_idx: vip.idx,
+                vip_idx: choice.vip_idx,
                 flow_hash: lb_common::hash::flow_hash(&p.flow),
                 _pad: 0,
             },
             0,
         );
     }
-    forward::to_backend(ctx, &p, &p.flow, None, vip.idx, &choice, ctrl, true)
+    forward::to_backend(ctx, &p, &p.flow, None, &choice, ctrl, true)
 }
 
 #[inline(always)]
@@ -106,6 +115,9 @@ fn later_fragment(
     p: &parse::Packet,
     ctrl: &lb_common::Ctrl,
 ) -> Result<Reason, Reason> {
+    if !select::maybe_vip(&p.flow.dst) {
+        return Ok(Reason::PassNotVip);
+    }
     let Some(f) = (unsafe { FRAGS.get(&frag_key(p)) }) else {
         return Ok(if select::vip_addr_known(&p.flow) {
             Reason::DropFragNoFirst
@@ -113,11 +125,8 @@ fn later_fragment(
             Reason::PassNotVip
         });
     };
-    let choice = select::Choice {
-        id: f.backend,
-        new_conn: false,
-    };
-    forward::to_backend(ctx, p, &p.flow, Some(f.flow_hash), f.vip_idx, &choice, ctrl, true)
+    let choice = select::Choice { id: f.backend, vip_idx: f.vip_idx, new_conn: false };
+    forward::to_backend(ctx, p, &p.flow, Some(f.flow_hash), &choice, ctrl, true)
 }
 
 #[xdp]

@@ -6,10 +6,10 @@ use lb_common::{
     BACKEND_F_VALID, Backend, CONN_F_ACK_SEEN, CONN_F_SYN_SEEN, CTRL_F_HAS_WILDCARD, Conn, Ctrl,
     FlowKey, NO_BACKEND, PersistKey, PersistVal, Reason, SCHED_RR, SCHED_SH, SCHED_WRR, VipKey,
     VipMeta,
-    hash::{flow_hash, slot, src_hash},
+    hash::{addr_filter_bit, flow_hash, slot, src_hash},
 };
 
-use crate::maps::{BACKENDS, CONNS, MAGLEV, PERSIST, RR_STATE, VIPS};
+use crate::maps::{BACKENDS, CONNS, MAGLEV, PERSIST, RR_STATE, VIP_FILTER, VIP_GEN, VIPS};
 
 const NS: u64 = 1_000_000_000;
 const TCP_SYN: u8 = 0x02;
@@ -37,6 +37,9 @@ pub fn vip(flow: &FlowKey, ctrl: &Ctrl) -> Option<&'static VipMeta> {
 /// Whether some VIP lives on the flow's destination address (the marker entry).
 #[inline(always)]
 pub fn vip_addr_known(flow: &FlowKey) -> bool {
+    if !maybe_vip(&flow.dst) {
+        return false;
+    }
     let key = VipKey {
         addr: flow.dst,
         port: 0,
@@ -59,38 +62,64 @@ pub fn backend(id: u32) -> Option<&'static Backend> {
 #[derive(Clone, Copy)]
 pub struct Choice {
     pub id: u32,
+    pub vip_idx: u32,
     pub new_conn: bool,
 }
 
-/// The backend for `flow`. With `track` (ordinary packets) a new flow is entered in
-/// the connection table; without it (ICMP errors) the tables are only read.
 #[inline(always)]
-pub fn choose(
+pub fn now() -> u64 {
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// May `addr` be a VIP? One bit of VIP_FILTER: no means certainly not.
+#[inline(always)]
+pub fn maybe_vip(addr: &[u8; 16]) -> bool {
+    let bit = addr_filter_bit(addr);
+    match VIP_FILTER.get(bit >> 6) {
+        Some(w) => (w >> (bit & 63)) & 1 != 0,
+        None => true,
+    }
+}
+
+/// An established flow: its entry's VIP still exists in the same generation, its
+/// backend is valid and it has not idled out. Looked up before the VIP itself
+/// (Cilium's lesson): a hit needs no VIP lookup and no scheduler.
+#[inline(always)]
+pub fn established(flow: &FlowKey, ctrl: &Ctrl, tcp_flags: u8, now: u64, track: bool) -> Option<Choice> {
+    let c = CONNS.get_ptr_mut(flow)?;
+    let c = unsafe { &mut *c };
+    let idle = now.wrapping_sub(c.last_seen_ns);
+    if idle >= ctrl.conn_timeout_secs as u64 * NS
+        || VIP_GEN.get(c.vip_idx).copied() != Some(c.vip_gen)
+        || backend(c.backend).is_none()
+    {
+        return None;
+    }
+    if track {
+        // Refresh at most once a second, and record the handshake's progress only
+        // when it changes: keeps the hit path's writes rare.
+        if idle > NS {
+            c.last_seen_ns = now;
+        }
+        if tcp_flags & TCP_ACK != 0 && c.flags & CONN_F_ACK_SEEN == 0 {
+            c.flags |= CONN_F_ACK_SEEN;
+        }
+    }
+    Some(Choice { id: c.backend, vip_idx: c.vip_idx, new_conn: false })
+}
+
+/// A new flow for `vip`: persistence, else the scheduler. With `track` (ordinary
+/// packets) it is entered in the connection table; without it (ICMP errors) the
+/// tables are only read.
+#[inline(always)]
+pub fn new_flow(
     flow: &FlowKey,
     vip: &VipMeta,
     ctrl: &Ctrl,
     tcp_flags: u8,
+    now: u64,
     track: bool,
 ) -> Result<Choice, Reason> {
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if let Some(c) = CONNS.get_ptr_mut(flow) {
-        let c = unsafe { &mut *c };
-        let idle = now.wrapping_sub(c.last_seen_ns);
-        if idle < ctrl.conn_timeout_secs as u64 * NS && backend(c.backend).is_some() {
-            // Refresh at most once a second, and record the handshake's progress
-            // only when it changes: keeps the hit path's writes rare.
-            if idle > NS {
-                c.last_seen_ns = now;
-            }
-            if tcp_flags & TCP_ACK != 0 && c.flags & CONN_F_ACK_SEEN == 0 {
-                c.flags |= CONN_F_ACK_SEEN;
-            }
-            return Ok(Choice {
-                id: c.backend,
-                new_conn: false,
-            });
-        }
-    }
     let id = persistent_or_scheduled(flow, vip, ctrl, now, track)?;
     if backend(id).is_none() {
         return Err(Reason::DropNoBackend);
@@ -108,11 +137,11 @@ pub fn choose(
             flags,
             last_seen_ns: now,
             vip_idx: vip.idx,
-            _pad: 0,
+            vip_gen: VIP_GEN.get(vip.idx).copied().unwrap_or(0),
         };
         let _ = CONNS.insert(flow, &conn, 0);
     }
-    Ok(Choice { id, new_conn: true })
+    Ok(Choice { id, vip_idx: vip.idx, new_conn: true })
 }
 
 #[inline(always)]
