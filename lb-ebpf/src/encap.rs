@@ -7,7 +7,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, CTRL_F_SRC_FROM_FLOW, Ctrl, FAMILY_V4, ICMP_QUOTE_LEN, IPV4_HDR_LEN, IPV6_HDR_LEN,
-    MODE_TUN_GUE, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP, PROTO_IPV6, PROTO_UDP, Reason, UDP_HDR_LEN,
+    FlowKey, MODE_TUN_GUE, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP, PROTO_IPV6, PROTO_UDP, Reason,
+    UDP_HDR_LEN,
     hash::flow_hash,
 };
 
@@ -44,18 +45,23 @@ fn overhead(b: &Backend) -> usize {
     }
 }
 
+/// An Ethernet header; `align(2)` lets LLVM copy it in 16-bit words, not bytes.
+#[repr(C, align(2))]
+#[derive(Clone, Copy)]
+struct Eth {
+    dst: [u8; 6],
+    src: [u8; 6],
+    ty: [u8; 2],
+}
+
 /// Moves the L2 header (with its VLAN tag, if any) from `from` to the new packet start,
 /// setting the destination MAC to `dst` and the source to the frame's old destination.
 #[inline(always)]
 fn move_l2(ctx: &XdpContext, from: usize, l3_off: usize, dst: &[u8; 6]) -> Result<(), Reason> {
-    let old: *const [u8; ETH_LEN] = ptr_at(ctx, from)?;
-    let new: *mut [u8; ETH_LEN] = ptr_at(ctx, 0)?;
+    let old: *const Eth = ptr_at(ctx, from)?;
+    let new: *mut Eth = ptr_at(ctx, 0)?;
     let old = unsafe { *old };
-    let new = unsafe { &mut *new };
-    new[..6].copy_from_slice(dst);
-    new[6..12].copy_from_slice(&old[..6]);
-    new[12] = old[12];
-    new[13] = old[13];
+    unsafe { *new = Eth { dst: *dst, src: old.dst, ty: old.ty } };
     if l3_off > ETH_LEN {
         let otag: *const [u8; VLAN_LEN] = ptr_at(ctx, from + ETH_LEN)?;
         let ntag: *mut [u8; VLAN_LEN] = ptr_at(ctx, ETH_LEN)?;
@@ -87,17 +93,44 @@ fn outer_src_v6(ctrl: &Ctrl, hash: u32) -> [u8; 16] {
     s
 }
 
+/// An IPv4 header without options. `align(4)`: written in 32-bit words (the packet is
+/// only 2-byte aligned there, which x86 and arm64 store fine and the verifier allows).
+#[repr(C, align(4))]
+#[derive(Clone, Copy)]
+struct Ipv4Hdr {
+    vihl: u8,
+    tos: u8,
+    tot_len: [u8; 2],
+    id_frag: [u8; 4],
+    ttl: u8,
+    proto: u8,
+    check: [u8; 2],
+    src: [u8; 4],
+    dst: [u8; 4],
+}
+
 #[inline(always)]
-fn ipv4_header(len: u16, tos: u8, proto: u8, src: &[u8; 4], dst: &[u8; 4]) -> [u8; 20] {
+fn ipv4_header(len: u16, tos: u8, proto: u8, src: &[u8; 4], dst: &[u8; 4]) -> Ipv4Hdr {
     let l = len.to_be_bytes();
-    let mut h = [
-        0x45, tos, l[0], l[1], 0, 0, 0, 0, TTL, proto, 0, 0, src[0], src[1], src[2], src[3],
-        dst[0], dst[1], dst[2], dst[3],
-    ];
-    let c = csum::finish(csum::sum_bytes(&h));
-    h[10] = c[0];
-    h[11] = c[1];
-    h
+    // One's-complement sum of the header's 16-bit words (checksum field 0).
+    let sum = u16::from_be_bytes([0x45, tos]) as u64
+        + len as u64
+        + u16::from_be_bytes([TTL, proto]) as u64
+        + u16::from_be_bytes([src[0], src[1]]) as u64
+        + u16::from_be_bytes([src[2], src[3]]) as u64
+        + u16::from_be_bytes([dst[0], dst[1]]) as u64
+        + u16::from_be_bytes([dst[2], dst[3]]) as u64;
+    Ipv4Hdr {
+        vihl: 0x45,
+        tos,
+        tot_len: l,
+        id_frag: [0; 4],
+        ttl: TTL,
+        proto,
+        check: csum::finish(sum),
+        src: *src,
+        dst: *dst,
+    }
 }
 
 #[repr(C)]
@@ -115,7 +148,8 @@ struct Ipv6Hdr {
 pub fn tunnel(
     ctx: &XdpContext,
     p: &Packet,
-    hash: u32,
+    flow: &FlowKey,
+    hash: Option<u32>,
     b: &Backend,
     ctrl: &Ctrl,
     mtu_check: bool,
@@ -143,6 +177,13 @@ pub fn tunnel(
     move_l2(ctx, oh, l3_off, &b.mac)?;
     let inner_len = carried;
     let gue = b.mode == MODE_TUN_GUE;
+    // The flow hash feeds the outer source (source-from-flow), the GUE source port and
+    // the IPv6 flow label; plain IPIP with a fixed source needs none.
+    let hash = if gue || b.family != FAMILY_V4 || ctrl.flags & CTRL_F_SRC_FROM_FLOW != 0 {
+        hash.unwrap_or_else(|| flow_hash(flow))
+    } else {
+        0
+    };
     let ip_off = l3_off;
     let (next, udp_off) = if b.family == FAMILY_V4 {
         let proto = if gue { PROTO_UDP } else { PROTO_IPIP };
@@ -155,7 +196,7 @@ pub fn tunnel(
             &outer_src_v4(ctrl, hash),
             &dst,
         );
-        let out: *mut [u8; 20] = ptr_at(ctx, ip_off)?;
+        let out: *mut Ipv4Hdr = ptr_at(ctx, ip_off)?;
         unsafe { *out = h };
         (proto, ip_off + IPV4_HDR_LEN)
     } else {
@@ -266,7 +307,7 @@ fn too_big(ctx: &XdpContext, p: &Packet, mtu: usize) -> Result<Reason, Reason> {
             &vip,
             &client,
         );
-        let out: *mut [u8; 20] = ptr_at(ctx, l3_off)?;
+        let out: *mut Ipv4Hdr = ptr_at(ctx, l3_off)?;
         unsafe { *out = h };
     } else {
         let q: *const Ipv6Hdr = ptr_at(ctx, quote_off)?;

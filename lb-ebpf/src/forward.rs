@@ -1,7 +1,7 @@
 //! The last step for every balanced packet: count it, then DR or tunnel.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{Ctrl, FlowKey, MODE_DR, Reason, hash::flow_hash};
+use lb_common::{Ctrl, FlowKey, MODE_DR, Reason};
 
 use crate::{
     counters, encap,
@@ -30,8 +30,6 @@ pub fn to_backend(
     if b.mode == MODE_DR {
         encap::dr(ctx, b)
     } else {
-        // Hashed only here: DR needs no hash.
-        let hash = hash.unwrap_or_else(|| flow_hash(flow));
-        encap::tunnel(ctx, p, hash, b, ctrl, mtu_check)
+        encap::tunnel(ctx, p, flow, hash, b, ctrl, mtu_check)
     }
 }
