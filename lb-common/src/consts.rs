@@ -47,6 +47,15 @@ pub const CTRL_F_SRC_FROM_FLOW: u32 = 1;
 /// exact (addr, port, proto) key ends the VIP lookup: non-VIP traffic costs one lookup.
 pub const CTRL_F_HAS_WILDCARD: u32 = 2;
 
+/// `PassiveEvent::kind`: a retransmitted SYN on an entry that has seen no ACK.
+pub const EVENT_SYN_RETRANSMIT: u32 = 1;
+/// At most one event per backend per CPU in this many ns: a SYN flood can't flood the ring.
+pub const EVENT_MIN_GAP_NS: u64 = 100_000_000;
+/// EVENT_STATS slots.
+pub const EVENT_STAT_SENT: u32 = 0;
+pub const EVENT_STAT_LOST: u32 = 1;
+pub const EVENT_STAT_SUPPRESSED: u32 = 2;
+
 /// Default GUE destination port (UDP) on the real servers.
 pub const DEFAULT_GUE_PORT: u16 = 6080;
 /// Default MTU of the path to the real servers.
@@ -75,6 +84,9 @@ pub mod map_names {
     pub const REASONS: &str = "REASONS";
     pub const VIP_FILTER: &str = "VIP_FILTER";
     pub const VIP_GEN: &str = "VIP_GEN";
+    pub const EVENTS: &str = "EVENTS";
+    pub const EVENT_RL: &str = "EVENT_RL";
+    pub const EVENT_STATS: &str = "EVENT_STATS";
     /// Every map of `xdp_lb`, for pinning.
     pub const ALL: &[&str] = &[
         VIPS,

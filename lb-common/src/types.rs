@@ -193,13 +193,32 @@ pub struct Counters {
     pub packets: u64,
     pub bytes: u64,
     pub new_conns: u64,
+    /// SYNs seen again on an entry whose handshake never completed (the client is
+    /// retrying: the backend may not be answering). Passive health's first signal.
+    pub syn_retransmits: u64,
+    /// Entries whose client ACK was seen after their SYN: handshakes that completed.
+    /// `1 - handshakes / new_conns` is the share of flows stuck in the handshake.
+    pub handshakes: u64,
     pub _reserved: u64,
 }
-assert_size!(Counters, 32);
+assert_size!(Counters, 48);
+
+/// A passive health signal from the data plane (EVENTS ring buffer).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassiveEvent {
+    /// One of `EVENT_*`.
+    pub kind: u32,
+    pub backend: u32,
+    pub vip_idx: u32,
+    pub _pad: u32,
+    pub ts_ns: u64,
+}
+assert_size!(PassiveEvent, 24);
 
 pod!(
     VipKey, VipMeta, Backend, FlowKey, Conn, PersistKey, PersistVal, FragKey, FragVal, Ctrl,
-    Counters
+    Counters, PassiveEvent
 );
 
 impl FlowKey {

@@ -99,6 +99,8 @@ pub struct DataPlane {
     filter: SlotMem,
     _filter: MapData,
     vip_gen: Array<MapData, u32>,
+    events: Option<aya::maps::RingBuf<MapData>>,
+    event_stats: PerCpuArray<MapData, u64>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
@@ -141,6 +143,8 @@ impl DataPlane {
             filter,
             _filter: filter_map,
             vip_gen: take(&mut ebpf, m::VIP_GEN)?.try_into()?,
+            events: Some(take(&mut ebpf, m::EVENTS)?.try_into()?),
+            event_stats: take(&mut ebpf, m::EVENT_STATS)?.try_into()?,
             ebpf,
             cap,
         };
@@ -305,6 +309,8 @@ impl DataPlane {
             packets: a.packets + b.packets,
             bytes: a.bytes + b.bytes,
             new_conns: a.new_conns + b.new_conns,
+            syn_retransmits: a.syn_retransmits + b.syn_retransmits,
+            handshakes: a.handshakes + b.handshakes,
             _reserved: 0,
         })
     }
@@ -347,6 +353,35 @@ impl DataPlane {
             }
         }
         Ok(())
+    }
+
+    /// Takes the EVENTS ring buffer (for a task that waits on it); `None` once taken.
+    pub fn take_events(&mut self) -> Option<aya::maps::RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// Drains pending passive events without waiting (if the ring buffer wasn't taken).
+    pub fn drain_events(&mut self) -> Vec<lb_common::PassiveEvent> {
+        let mut out = Vec::new();
+        if let Some(rb) = self.events.as_mut() {
+            while let Some(item) = rb.next() {
+                if item.len() >= std::mem::size_of::<lb_common::PassiveEvent>() {
+                    // SAFETY: the program writes whole PassiveEvents (repr(C), Pod).
+                    out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+                }
+            }
+        }
+        out
+    }
+
+    /// Ring-buffer accounting: (sent, lost because the ring was full, suppressed by the rate limit).
+    pub fn event_stats(&self) -> Result<(u64, u64, u64)> {
+        let get = |i: u32| -> Result<u64> { Ok(self.event_stats.get(&i, 0)?.iter().sum()) };
+        Ok((
+            get(lb_common::EVENT_STAT_SENT)?,
+            get(lb_common::EVENT_STAT_LOST)?,
+            get(lb_common::EVENT_STAT_SUPPRESSED)?,
+        ))
     }
 
     /// Global counters by reason, summed over CPUs.

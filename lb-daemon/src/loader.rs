@@ -89,6 +89,7 @@ pub fn load(cap: &Capacity, pin_dir: Option<&PathBuf>) -> Result<Ebpf> {
         .map_max_entries(m::RR_STATE, cap.max_vips)
         .map_max_entries(m::VIP_STATS, cap.max_vips)
         .map_max_entries(m::VIP_GEN, cap.max_vips)
+        .map_max_entries(m::EVENT_RL, cap.max_backends)
         .map_max_entries(m::BACKEND_STATS, cap.max_backends);
     let pins: Vec<(&str, PathBuf)> = match pin_dir {
         Some(dir) => {

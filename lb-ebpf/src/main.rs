@@ -25,6 +25,9 @@ use crate::{
     parse::{FRAG_FIRST, FRAG_LATER, ptr_at},
 };
 
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
 #[xdp]
 pub fn xdp_lb(ctx: XdpContext) -> u32 {
     let r = match try_lb(&ctx) {
@@ -72,13 +75,21 @@ fn try_lb(ctx: &XdpContext) -> Result<Reason, Reason> {
         return Ok(Reason::PassNotVip);
     }
     let now = select::now();
-    let choice = match select::established(&p.flow, ctrl, p.tcp_flags, now, true) {
-        Some(c) => c,
-        None => {
-            let Some(vip) = select::vip(&p.flow, ctrl) else {
-                return Ok(Reason::PassNotVip);
-            };
-            select::new_flow(&p.flow, vip, ctrl, p.tcp_flags, now, true)?
+    let syn = p.flow.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let choice = if syn {
+        let Some(vip) = select::vip(&p.flow, ctrl) else {
+            return Ok(Reason::PassNotVip);
+        };
+        select::syn(&p.flow, vip, ctrl, now)?
+    } else {
+        match select::established(&p.flow, ctrl, p.tcp_flags, now, true) {
+            Some(c) => c,
+            None => {
+                let Some(vip) = select::vip(&p.flow, ctrl) else {
+                    return Ok(Reason::PassNotVip);
+                };
+                select::new_flow(&p.flow, vip, ctrl, p.tcp_flags, now, true)?
+            }
         }
     };
     if p.frag == FRAG_FIRST {

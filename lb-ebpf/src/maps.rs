@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use lb_common::{
     Backend, Conn, Counters, Ctrl, DEFAULT_CONNS, DEFAULT_FRAGS, DEFAULT_MAX_BACKENDS,
@@ -66,3 +66,15 @@ pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, F_
 /// Generation of each VIP index; connection entries remember it.
 #[map]
 pub static VIP_GEN: Array<u32> = Array::with_max_entries(DEFAULT_MAX_VIPS, 0);
+
+/// Passive health signals for the daemon (`PassiveEvent`s).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+
+/// Per backend, per CPU: when the last event was sent (rate limit).
+#[map]
+pub static EVENT_RL: PerCpuArray<u64> = PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+/// EVENT_STAT_* counters: sent, lost (ring full), suppressed (rate limit).
+#[map]
+pub static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);

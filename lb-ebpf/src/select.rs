@@ -9,11 +9,14 @@ use lb_common::{
     hash::{addr_filter_bit, flow_hash, slot, src_hash},
 };
 
+use crate::counters;
 use crate::maps::{BACKENDS, CONNS, MAGLEV, PERSIST, RR_STATE, VIP_FILTER, VIP_GEN, VIPS};
 
 const NS: u64 = 1_000_000_000;
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
+const BPF_ANY: u64 = 0;
+const BPF_NOEXIST: u64 = 1;
 
 /// VIP lookup: exact (addr, port, proto), then the address's wildcard-port service.
 #[inline(always)]
@@ -103,9 +106,50 @@ pub fn established(flow: &FlowKey, ctrl: &Ctrl, tcp_flags: u8, now: u64, track: 
         }
         if tcp_flags & TCP_ACK != 0 && c.flags & CONN_F_ACK_SEEN == 0 {
             c.flags |= CONN_F_ACK_SEEN;
+            if c.flags & CONN_F_SYN_SEEN != 0 {
+                counters::handshake(c.backend);
+            }
         }
     }
     Some(Choice { id: c.backend, vip_idx: c.vip_idx, new_conn: false })
+}
+
+/// A TCP SYN (without ACK) for `vip`: a new connection by definition, so the
+/// connection table is not searched first (the insert itself tells us if an entry
+/// existed). A retransmitted SYN, whose entry has seen no ACK yet, stays where the
+/// first went; a SYN on an established entry is a reused 5-tuple and is scheduled
+/// afresh, as IPVS does.
+#[inline(always)]
+pub fn syn(flow: &FlowKey, vip: &VipMeta, ctrl: &Ctrl, now: u64) -> Result<Choice, Reason> {
+    let id = persistent_or_scheduled(flow, vip, ctrl, now, true)?;
+    if backend(id).is_none() {
+        return Err(Reason::DropNoBackend);
+    }
+    let vip_gen = VIP_GEN.get(vip.idx).copied().unwrap_or(0);
+    let conn = Conn {
+        backend: id,
+        flags: CONN_F_SYN_SEEN,
+        last_seen_ns: now,
+        vip_idx: vip.idx,
+        vip_gen,
+    };
+    if CONNS.insert(flow, &conn, BPF_NOEXIST).is_ok() {
+        return Ok(Choice { id, vip_idx: vip.idx, new_conn: true });
+    }
+    if let Some(c) = CONNS.get_ptr_mut(flow) {
+        let c = unsafe { &mut *c };
+        if c.flags & CONN_F_ACK_SEEN == 0
+            && c.vip_gen == vip_gen
+            && c.vip_idx == vip.idx
+            && now.wrapping_sub(c.last_seen_ns) < ctrl.conn_timeout_secs as u64 * NS
+            && backend(c.backend).is_some()
+        {
+            counters::syn_retransmit(c.vip_idx, c.backend, now);
+            return Ok(Choice { id: c.backend, vip_idx: c.vip_idx, new_conn: false });
+        }
+    }
+    let _ = CONNS.insert(flow, &conn, BPF_ANY);
+    Ok(Choice { id, vip_idx: vip.idx, new_conn: true })
 }
 
 /// A new flow for `vip`: persistence, else the scheduler. With `track` (ordinary

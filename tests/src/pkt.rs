@@ -73,6 +73,16 @@ pub fn tcp(src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
     )
 }
 
+/// An established-connection segment (ACK, no SYN): what a connection-table hit sees.
+pub fn tcp_ack(src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
+    frame(
+        src.parse().unwrap(),
+        dst.parse().unwrap(),
+        L4::Tcp { sport, dport, syn: false, ack: true },
+        b"hello",
+    )
+}
+
 pub fn udp(src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
     frame(
         src.parse().unwrap(),

@@ -118,9 +118,10 @@ fn xdp() -> Result<(BTreeMap<&'static str, f64>, BTreeMap<&'static str, f64>)> {
     dr.apply_toml(&config("dr"))?;
     let mut tun = Lab::with_capacity(cap)?;
     tun.apply_toml(&config("tun"))?;
-    let hit = pkt::tcp("192.168.1.5", 4000, "10.0.0.10", 80);
-    let hit6 = pkt::tcp("2001:db8::5", 4000, "fd00::10", 80);
-    let pass = pkt::tcp("192.168.1.5", 4000, "10.0.0.99", 80);
+    // Hits are established segments (ACK); new flows are SYNs, as on the wire.
+    let hit = pkt::tcp_ack("192.168.1.5", 4000, "10.0.0.10", 80);
+    let hit6 = pkt::tcp_ack("2001:db8::5", 4000, "fd00::10", 80);
+    let pass = pkt::tcp_ack("192.168.1.5", 4000, "10.0.0.99", 80);
     let new_flows: Vec<Vec<u8>> = (0..ITER as u32)
         .map(|i| {
             pkt::tcp(
