@@ -31,6 +31,11 @@ pub struct Daemon {
     pub api_allow: Vec<std::net::IpAddr>,
     /// Log as JSON lines.
     pub log_json: bool,
+    /// Prometheus exporter and live stats page ("127.0.0.1:9469"): `/metrics`, `/stats`.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Seconds between two walks of the connection table for the exporter's
+    /// active/inactive counts (the table can hold millions of entries).
+    pub metrics_conn_interval: u32,
 }
 
 impl Default for Daemon {
@@ -45,17 +50,48 @@ impl Default for Daemon {
             api_token_file: None,
             api_allow: Vec::new(),
             log_json: false,
+            metrics_listen: None,
+            metrics_conn_interval: 5,
         }
     }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(try_from = "ConfigFile")]
 pub struct Config {
     pub daemon: Daemon,
     pub capacity: Capacity,
     #[serde(flatten)]
     pub state: State,
+}
+
+/// The file's shape, spelled out instead of `flatten`ed so that an unknown key is
+/// reported at its own line, not at the top of the file.
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct ConfigFile {
+    daemon: Daemon,
+    capacity: Capacity,
+    tunnel: crate::state::Tunnel,
+    service: Vec<crate::state::Service>,
+}
+
+impl Default for ConfigFile {
+    fn default() -> Self {
+        let c = Config::default();
+        ConfigFile { daemon: c.daemon, capacity: c.capacity, tunnel: c.state.tunnel, service: c.state.services }
+    }
+}
+
+impl TryFrom<ConfigFile> for Config {
+    type Error = std::convert::Infallible;
+    fn try_from(f: ConfigFile) -> Result<Self, Self::Error> {
+        Ok(Config {
+            daemon: f.daemon,
+            capacity: f.capacity,
+            state: State { tunnel: f.tunnel, services: f.service, ..State::default() },
+        })
+    }
 }
 
 impl Config {
@@ -89,6 +125,9 @@ impl Config {
         }
         if self.daemon.api_listen.is_some() && self.daemon.api_token_file.is_none() {
             bail!("daemon.api_listen: a TCP listener needs daemon.api_token_file (bearer token)");
+        }
+        if self.daemon.metrics_conn_interval == 0 {
+            bail!("daemon.metrics_conn_interval: must be at least 1 second");
         }
         if self.daemon.conn_timeout == 0 {
             bail!("daemon.conn_timeout: must be at least 1 second");
