@@ -10,9 +10,12 @@
 //! tables, which it keeps in step with the program by applying the same inserts.
 //! Time is not modelled: within a test nothing expires.
 //!
-//! Deciding is split from committing ([`Model::decide`] / [`Model::commit`]) so that a
-//! caller can ask what a frame would do under different [`Quirks`] (the program's
-//! known deviations from its contract) without touching the model's state.
+//! Backend choice: a connection entry decides before the VIP is looked up, as long as
+//! its VIP's generation is current (a removed VIP's entries stop matching) and its
+//! backend is valid. A TCP SYN (without ACK) is a new connection: it is scheduled
+//! (persistence, then the VIP's scheduler) and keeps an existing entry's backend only
+//! as a retransmission (no ACK seen yet, same VIP and generation); otherwise it
+//! replaces the entry.
 
 use std::collections::HashMap;
 
@@ -54,6 +57,8 @@ pub struct Config {
     pub backends: Vec<Backend>,
     /// Each (non-marker) VIP's lookup table, by VIP index.
     pub tables: HashMap<u32, Vec<u32>>,
+    /// VIP_GEN, indexed by VIP index: bumped when a VIP is removed.
+    pub vip_gens: Vec<u32>,
 }
 
 impl Config {
@@ -73,11 +78,18 @@ impl Config {
             .filter(|m| m.flags & VIP_F_ADDR_MARKER == 0)
             .map(|m| (m.idx, dp.table(m.idx)))
             .collect();
+        let vip_gens = (0..dp.cap.max_vips)
+            .map(|idx| {
+                dp.vip_gen(idx)
+                    .with_context(|| format!("reading VIP_GEN[{idx}]"))
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Config {
             ctrl,
             vips,
             backends,
             tables,
+            vip_gens,
         })
     }
 
@@ -102,6 +114,11 @@ impl Config {
             .filter(|m| m.flags & VIP_F_ADDR_MARKER == 0)
     }
 
+    /// VIP_GEN[idx], if `idx` is in range.
+    pub fn vip_gen(&self, idx: u32) -> Option<u32> {
+        self.vip_gens.get(idx as usize).copied()
+    }
+
     /// Whether some VIP lives on the flow's destination address.
     pub fn vip_addr_known(&self, flow: &FlowKey) -> bool {
         let key = VipKey {
@@ -112,65 +129,6 @@ impl Config {
         };
         self.vips.contains_key(&key)
     }
-}
-
-/// The program's known deviations from its contract. `Quirks::NONE` is the
-/// contract; `Quirks::PROGRAM` is what lb-ebpf does today. Each one is a bug
-/// report (see the field docs for where).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Quirks {
-    /// KNOWN-BUG: parse.rs bounds every header read by the end of the *frame*, not of
-    /// the IP datagram (`l3_off + total length`): a TCP/UDP/ICMP header, an IPv6
-    /// fragment header or an ICMP error's quote lying (partly) in the Ethernet padding
-    /// is read from the padding instead of the packet being `PassMalformed`.
-    pub headers_past_datagram: bool,
-    /// KNOWN-BUG: main.rs and parse.rs treat protocols 1 and 58 as ICMP in both
-    /// families: an IPv4 packet carrying protocol 58 (or IPv6 carrying 1) is parsed
-    /// and answered as ICMP of its family (e.g. an echo reply) instead of being an
-    /// unsupported protocol.
-    pub icmp_any_family: bool,
-    /// KNOWN-BUG: select.rs `persistent_or_scheduled` writes a persistence template
-    /// even when `choose` runs with `track == false` (ICMP errors), although ICMP
-    /// errors are documented to only read the tables: an ICMP error pins its client
-    /// to a backend for the VIP's persistence timeout.
-    pub icmp_error_writes_persist: bool,
-}
-
-impl Quirks {
-    pub const NONE: Quirks = Quirks {
-        headers_past_datagram: false,
-        icmp_any_family: false,
-        icmp_error_writes_persist: false,
-    };
-    pub const PROGRAM: Quirks = Quirks {
-        headers_past_datagram: true,
-        icmp_any_family: true,
-        icmp_error_writes_persist: true,
-    };
-    /// Each quirk alone, with its name (to attribute a difference).
-    pub const EACH: [(&'static str, Quirks); 3] = [
-        (
-            "headers_past_datagram",
-            Quirks {
-                headers_past_datagram: true,
-                ..Quirks::NONE
-            },
-        ),
-        (
-            "icmp_any_family",
-            Quirks {
-                icmp_any_family: true,
-                ..Quirks::NONE
-            },
-        ),
-        (
-            "icmp_error_writes_persist",
-            Quirks {
-                icmp_error_writes_persist: true,
-                ..Quirks::NONE
-            },
-        ),
-    ];
 }
 
 /// Fragment position of a packet.
@@ -221,6 +179,8 @@ pub struct ConnEntry {
     pub backend: u32,
     pub flags: u32,
     pub vip_idx: u32,
+    /// The VIP's generation when the entry was made.
+    pub vip_gen: u32,
 }
 
 /// Traffic counters (packets, bytes, new connections) as VIP_STATS / BACKEND_STATS keep them.
@@ -236,7 +196,7 @@ enum Effect {
     ConnInsert(FlowKey, ConnEntry),
     ConnAckSeen(FlowKey),
     Persist(PersistKey, u32),
-    Frag(FragKey, u32, u32),
+    Frag(FragKey, FragEntry),
     RrAdvance(u32, u32),
     Traffic {
         vip_idx: u32,
@@ -246,19 +206,21 @@ enum Effect {
     },
 }
 
-/// An outcome plus the state changes that come with it, not yet applied.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Decision {
-    pub outcome: Outcome,
-    effects: Vec<Effect>,
+/// Where a first fragment went (the program's `FragVal`), for the later ones to follow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FragEntry {
+    backend: u32,
+    vip_idx: u32,
+    /// The first fragment's flow hash (ports included): later fragments are tunnelled
+    /// with it, not with a hash of their own port-less flow.
+    flow_hash: u32,
 }
 
 pub struct Model {
     pub cfg: Config,
-    pub quirks: Quirks,
     conns: HashMap<FlowKey, ConnEntry>,
     persist: HashMap<PersistKey, u32>,
-    frags: HashMap<FragKey, (u32, u32)>,
+    frags: HashMap<FragKey, FragEntry>,
     /// rr/wrr cursors by VIP index. The program keeps them per CPU; the model
     /// assumes every frame runs on the same CPU.
     rr: HashMap<u32, u32>,
@@ -290,17 +252,18 @@ fn is_ipv6_ext(proto: u8) -> bool {
     matches!(proto, 0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140)
 }
 
-fn is_icmp(family: u8, proto: u8, q: Quirks) -> bool {
-    if q.icmp_any_family {
-        return proto == PROTO_ICMP || proto == PROTO_ICMPV6;
-    }
+/// ICMP of the packet's own family only: protocol 58 over IPv4 (or 1 over IPv6) is
+/// an unsupported protocol.
+fn is_icmp(family: u8, proto: u8) -> bool {
     (family == FAMILY_V4 && proto == PROTO_ICMP) || (family == FAMILY_V6 && proto == PROTO_ICMPV6)
 }
 
 /// Parses a frame as the program must: at most one VLAN tag, IPv4 (options skipped) or
 /// IPv6 (one fragment header walked), then the ports / ICMP header. `Err` is the
 /// reason for a frame that is passed unchanged (not IP, or truncated / inconsistent).
-pub fn parse(frame: &[u8], q: Quirks) -> Result<Parsed, Reason> {
+/// Every header must lie within the IP datagram (not merely within the frame: Ethernet
+/// padding after the datagram is never read as a header).
+pub fn parse(frame: &[u8]) -> Result<Parsed, Reason> {
     let len = frame.len();
     let eth = bytes(frame, 0, ETH_LEN, len).ok_or(Reason::PassMalformed)?;
     let mut ty = be16(&eth[12..]);
@@ -362,11 +325,10 @@ pub fn parse(frame: &[u8], q: Quirks) -> Result<Parsed, Reason> {
             p.flow.src = ip.source();
             p.flow.dst = ip.destination();
             if p.flow.proto == IPV6_FRAG {
-                let limit = if q.headers_past_datagram { len } else { end };
                 // Read by hand: etherparse 0.19's Ipv6FragmentHeader(Slice) takes the M flag
                 // from bit 7 of the fourth byte; RFC 8200 puts it in bit 0, with the offset's
                 // low bits above it (offset << 3 | res << 1 | M).
-                let fh = bytes(frame, p.l4_off, 8, limit).ok_or(Reason::PassMalformed)?;
+                let fh = bytes(frame, p.l4_off, 8, end).ok_or(Reason::PassMalformed)?;
                 let off = be16(&fh[2..]);
                 p.flow.proto = fh[0];
                 p.l4_off += 8;
@@ -386,27 +348,26 @@ pub fn parse(frame: &[u8], q: Quirks) -> Result<Parsed, Reason> {
     if p.frag == Frag::Later {
         return Ok(p);
     }
-    let limit = if q.headers_past_datagram { len } else { end };
     let l4 = p.l4_off;
     let fam = p.flow.family;
     match p.flow.proto {
         PROTO_TCP => {
-            let th = bytes(frame, l4, 20, limit).ok_or(Reason::PassMalformed)?;
+            let th = bytes(frame, l4, 20, end).ok_or(Reason::PassMalformed)?;
             p.flow.sport = port(&th[0..]);
             p.flow.dport = port(&th[2..]);
             p.tcp_flags = th[13];
         }
         PROTO_UDP => {
-            let uh = bytes(frame, l4, 8, limit).ok_or(Reason::PassMalformed)?;
+            let uh = bytes(frame, l4, 8, end).ok_or(Reason::PassMalformed)?;
             p.flow.sport = port(&uh[0..]);
             p.flow.dport = port(&uh[2..]);
         }
-        proto if is_icmp(fam, proto, q) => {
-            let h = bytes(frame, l4, 8, limit).ok_or(Reason::PassMalformed)?;
+        proto if is_icmp(fam, proto) => {
+            let h = bytes(frame, l4, 8, end).ok_or(Reason::PassMalformed)?;
             if p.frag == Frag::None {
                 let ty = h[0];
                 let quoted = if is_icmp_error(fam, ty) {
-                    quoted_flow(frame, l4 + 8, fam, limit)
+                    quoted_flow(frame, l4 + 8, fam, end)
                 } else {
                     None
                 };
@@ -442,8 +403,10 @@ fn quoted_flow(frame: &[u8], off: usize, family: u8, limit: usize) -> Option<Flo
         f.dst[..4].copy_from_slice(&ip.source());
         off + ip.slice().len()
     } else {
-        // The quoted IPv6 header is taken as it is (its version is not checked).
         let ip = bytes(frame, off, Ipv6Header::LEN, limit)?;
+        if ip[0] >> 4 != 6 {
+            return None;
+        }
         f.proto = ip[6];
         f.src.copy_from_slice(&ip[24..40]);
         f.dst.copy_from_slice(&ip[8..24]);
@@ -480,9 +443,17 @@ fn l2_header(frame: &[u8], l3_off: usize, dst: &[u8], src: &[u8], ethertype: u16
     out
 }
 
+/// The backend a packet goes to, the VIP it is counted for, and whether it opens a
+/// connection.
+#[derive(Clone, Copy, Debug)]
+struct Choice {
+    id: u32,
+    vip_idx: u32,
+    new_conn: bool,
+}
+
 struct Ctx<'a> {
     frame: &'a [u8],
-    q: Quirks,
     fx: Vec<Effect>,
     backend: Option<u32>,
     conn_flow: Option<FlowKey>,
@@ -493,7 +464,6 @@ impl Model {
     pub fn new(cfg: Config) -> Model {
         Model {
             cfg,
-            quirks: Quirks::NONE,
             conns: HashMap::new(),
             persist: HashMap::new(),
             frags: HashMap::new(),
@@ -516,18 +486,18 @@ impl Model {
         Ok(())
     }
 
-    /// Decides and commits one frame (with `self.quirks`).
+    /// What `frame` does: its outcome, with the state changes (connection, persistence
+    /// and fragment entries, rr cursors, counters) applied.
     pub fn process(&mut self, frame: &[u8]) -> Outcome {
-        let d = self.decide(frame, self.quirks);
-        self.commit(&d);
-        d.outcome
+        let (outcome, effects) = self.decide(frame);
+        self.commit(&outcome, &effects);
+        outcome
     }
 
-    /// What `frame` would do now, without changing any state.
-    pub fn decide(&self, frame: &[u8], q: Quirks) -> Decision {
+    /// What `frame` would do now, and the state changes that come with it (not applied).
+    fn decide(&self, frame: &[u8]) -> (Outcome, Vec<Effect>) {
         let mut cx = Ctx {
             frame,
-            q,
             fx: Vec::new(),
             backend: None,
             conn_flow: None,
@@ -541,22 +511,20 @@ impl Model {
             Some(o) if tx => o,
             _ => frame.to_vec(),
         };
-        Decision {
-            outcome: Outcome {
-                action: reason.xdp_action(),
-                reason,
-                backend: if tx { cx.backend } else { None },
-                out,
-                conn_flow: if tx { cx.conn_flow } else { None },
-            },
-            effects: cx.fx,
-        }
+        let outcome = Outcome {
+            action: reason.xdp_action(),
+            reason,
+            backend: if tx { cx.backend } else { None },
+            out,
+            conn_flow: if tx { cx.conn_flow } else { None },
+        };
+        (outcome, cx.fx)
     }
 
-    /// Applies a decision's state changes and counts it.
-    pub fn commit(&mut self, d: &Decision) {
-        self.reasons[d.outcome.reason as usize] += 1;
-        for e in &d.effects {
+    /// Applies a frame's state changes and counts its reason.
+    fn commit(&mut self, outcome: &Outcome, effects: &[Effect]) {
+        self.reasons[outcome.reason as usize] += 1;
+        for e in effects {
             match e {
                 Effect::ConnInsert(k, c) => {
                     self.conns.insert(*k, *c);
@@ -569,8 +537,8 @@ impl Model {
                 Effect::Persist(k, b) => {
                     self.persist.insert(*k, *b);
                 }
-                Effect::Frag(k, b, v) => {
-                    self.frags.insert(*k, (*b, *v));
+                Effect::Frag(k, f) => {
+                    self.frags.insert(*k, *f);
                 }
                 Effect::RrAdvance(idx, next) => {
                     self.rr.insert(*idx, *next);
@@ -633,11 +601,11 @@ impl Model {
     }
 
     fn lb(&self, cx: &mut Ctx) -> Result<Reason, Reason> {
-        let p = parse(cx.frame, cx.q)?;
+        let p = parse(cx.frame)?;
         let fam = p.flow.family;
         match p.flow.proto {
             PROTO_TCP | PROTO_UDP => {}
-            proto if is_icmp(fam, proto, cx.q) && p.frag == Frag::None => {
+            proto if is_icmp(fam, proto) && p.frag == Frag::None => {
                 return self.icmp(cx, &p);
             }
             proto => {
@@ -655,25 +623,50 @@ impl Model {
         }
         if p.frag == Frag::Later {
             let key = frag_key(&p);
-            let Some(&(backend, vip_idx)) = self.frags.get(&key) else {
+            let Some(f) = self.frags.get(&key) else {
                 return Ok(if self.cfg.vip_addr_known(&p.flow) {
                     Reason::DropFragNoFirst
                 } else {
                     Reason::PassNotVip
                 });
             };
-            return self.to_backend(cx, &p, &p.flow, vip_idx, backend, false, true);
+            let c = Choice {
+                id: f.backend,
+                vip_idx: f.vip_idx,
+                new_conn: false,
+            };
+            // Tunnelled with the first fragment's hash: the same outer source, GUE
+            // source port and flow label as the rest of its datagram.
+            return self.to_backend(cx, &p, f.flow_hash, c, true);
         }
-        let Some(vip) = self.cfg.vip(&p.flow) else {
-            return Ok(Reason::PassNotVip);
+        let syn = p.flow.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        let c = if syn {
+            let Some(vip) = self.cfg.vip(&p.flow) else {
+                return Ok(Reason::PassNotVip);
+            };
+            self.syn(cx, &p.flow, vip)?
+        } else if let Some(c) = self.established(cx, &p.flow, p.tcp_flags, true) {
+            c
+        } else {
+            let Some(vip) = self.cfg.vip(&p.flow) else {
+                return Ok(Reason::PassNotVip);
+            };
+            self.new_flow(cx, &p.flow, vip, p.tcp_flags, true)?
         };
-        let (id, new_conn) = self.choose(cx, &p.flow, vip, p.tcp_flags, true)?;
+        let hash = flow_hash(&p.flow);
         if p.frag == Frag::First {
             // Later fragments carry no ports: they follow the first one.
-            cx.fx.push(Effect::Frag(frag_key(&p), id, vip.idx));
+            cx.fx.push(Effect::Frag(
+                frag_key(&p),
+                FragEntry {
+                    backend: c.id,
+                    vip_idx: c.vip_idx,
+                    flow_hash: hash,
+                },
+            ));
         }
         cx.conn_flow = Some(p.flow);
-        self.to_backend(cx, &p, &p.flow, vip.idx, id, new_conn, true)
+        self.to_backend(cx, &p, hash, c, true)
     }
 
     fn icmp(&self, cx: &mut Ctx, p: &Parsed) -> Result<Reason, Reason> {
@@ -705,9 +698,13 @@ impl Model {
         if let Some(flow) = quoted
             && let Some(vip) = self.cfg.vip(&flow)
         {
-            // An error about a VIP flow goes where that flow goes; no new connection.
-            let (id, new_conn) = self.choose(cx, &flow, vip, 0, false)?;
-            let r = self.to_backend(cx, p, &flow, vip.idx, id, new_conn, false)?;
+            // An error about a VIP flow goes where that flow goes (tunnelled with that
+            // flow's hash); no new connection, no persistence template.
+            let c = match self.established(cx, &flow, 0, false) {
+                Some(c) => c,
+                None => self.new_flow(cx, &flow, vip, 0, false)?,
+            };
+            let r = self.to_backend(cx, p, flow_hash(&flow), c, false)?;
             return Ok(match r {
                 Reason::TxDr | Reason::TxTun => Reason::TxIcmpErrorFwd,
                 r => r,
@@ -720,42 +717,79 @@ impl Model {
         })
     }
 
-    /// The backend for `flow`: its connection entry, else persistence, else the
-    /// scheduler. With `track`, a new flow gets a connection entry.
-    fn choose(
+    /// `flow`'s connection entry, if it still decides: its VIP's generation is current
+    /// and its backend valid. With `track`, the client's first ACK is recorded.
+    fn established(
+        &self,
+        cx: &mut Ctx,
+        flow: &FlowKey,
+        tcp_flags: u8,
+        track: bool,
+    ) -> Option<Choice> {
+        let c = self.conns.get(flow)?;
+        if self.cfg.vip_gen(c.vip_idx) != Some(c.vip_gen) || self.cfg.backend(c.backend).is_none() {
+            return None;
+        }
+        if track && tcp_flags & TCP_ACK != 0 && c.flags & CONN_F_ACK_SEEN == 0 {
+            cx.fx.push(Effect::ConnAckSeen(*flow));
+        }
+        Some(Choice {
+            id: c.backend,
+            vip_idx: c.vip_idx,
+            new_conn: false,
+        })
+    }
+
+    /// A TCP SYN (without ACK) for `vip`: scheduled as a new connection. An entry that
+    /// has seen no ACK yet (same VIP and generation, valid backend) makes it a
+    /// retransmission, which stays with that entry's backend; any other entry is a
+    /// reused 5-tuple and is replaced.
+    fn syn(&self, cx: &mut Ctx, flow: &FlowKey, vip: &VipMeta) -> Result<Choice, Reason> {
+        let id = self.persistent_or_scheduled(cx, flow, vip, true)?;
+        if self.cfg.backend(id).is_none() {
+            return Err(Reason::DropNoBackend);
+        }
+        let vip_gen = self.cfg.vip_gen(vip.idx).unwrap_or(0);
+        if let Some(c) = self.conns.get(flow)
+            && c.flags & CONN_F_ACK_SEEN == 0
+            && c.vip_gen == vip_gen
+            && c.vip_idx == vip.idx
+            && self.cfg.backend(c.backend).is_some()
+        {
+            return Ok(Choice {
+                id: c.backend,
+                vip_idx: c.vip_idx,
+                new_conn: false,
+            });
+        }
+        cx.fx.push(Effect::ConnInsert(
+            *flow,
+            ConnEntry {
+                backend: id,
+                flags: CONN_F_SYN_SEEN,
+                vip_idx: vip.idx,
+                vip_gen,
+            },
+        ));
+        Ok(Choice {
+            id,
+            vip_idx: vip.idx,
+            new_conn: true,
+        })
+    }
+
+    /// A flow with no (current) connection entry: persistence, else the scheduler.
+    /// With `track` (ordinary packets) it gets a connection entry; without it (ICMP
+    /// errors) the tables are only read.
+    fn new_flow(
         &self,
         cx: &mut Ctx,
         flow: &FlowKey,
         vip: &VipMeta,
         tcp_flags: u8,
         track: bool,
-    ) -> Result<(u32, bool), Reason> {
-        if let Some(c) = self.conns.get(flow)
-            && self.cfg.backend(c.backend).is_some()
-        {
-            if tcp_flags & TCP_ACK != 0 && c.flags & CONN_F_ACK_SEEN == 0 {
-                cx.fx.push(Effect::ConnAckSeen(*flow));
-            }
-            return Ok((c.backend, false));
-        }
-        let id = if vip.persist_secs == 0 {
-            self.schedule(cx, flow, vip)?
-        } else {
-            let key = PersistKey {
-                client: flow.src,
-                vip_idx: vip.idx,
-            };
-            match self.persist.get(&key) {
-                Some(&b) if self.cfg.backend(b).is_some() => b,
-                _ => {
-                    let id = self.schedule(cx, flow, vip)?;
-                    if track || cx.q.icmp_error_writes_persist {
-                        cx.fx.push(Effect::Persist(key, id));
-                    }
-                    id
-                }
-            }
-        };
+    ) -> Result<Choice, Reason> {
+        let id = self.persistent_or_scheduled(cx, flow, vip, track)?;
         if self.cfg.backend(id).is_none() {
             return Err(Reason::DropNoBackend);
         }
@@ -773,10 +807,43 @@ impl Model {
                     backend: id,
                     flags,
                     vip_idx: vip.idx,
+                    vip_gen: self.cfg.vip_gen(vip.idx).unwrap_or(0),
                 },
             ));
         }
-        Ok((id, true))
+        Ok(Choice {
+            id,
+            vip_idx: vip.idx,
+            new_conn: true,
+        })
+    }
+
+    /// The client's persistence template on a VIP with persistence (a new one, with
+    /// `track`, when it has none with a valid backend), else the scheduler.
+    fn persistent_or_scheduled(
+        &self,
+        cx: &mut Ctx,
+        flow: &FlowKey,
+        vip: &VipMeta,
+        track: bool,
+    ) -> Result<u32, Reason> {
+        if vip.persist_secs == 0 {
+            return self.schedule(cx, flow, vip);
+        }
+        let key = PersistKey {
+            client: flow.src,
+            vip_idx: vip.idx,
+        };
+        if let Some(&b) = self.persist.get(&key)
+            && self.cfg.backend(b).is_some()
+        {
+            return Ok(b);
+        }
+        let id = self.schedule(cx, flow, vip)?;
+        if track {
+            cx.fx.push(Effect::Persist(key, id));
+        }
+        Ok(id)
     }
 
     fn schedule(&self, cx: &mut Ctx, flow: &FlowKey, vip: &VipMeta) -> Result<u32, Reason> {
@@ -810,27 +877,26 @@ impl Model {
         }
     }
 
-    /// DR or tunnel to backend `id`; `flow` decides the tunnel's hash-derived fields.
-    #[allow(clippy::too_many_arguments)]
+    /// DR or tunnel to the chosen backend, counted for the chosen VIP; `hash` (a flow
+    /// hash) decides the tunnel's outer source (with source-from-flow), GUE source
+    /// port and IPv6 flow label. `mtu_check` is off for ICMP errors.
     fn to_backend(
         &self,
         cx: &mut Ctx,
         p: &Parsed,
-        flow: &FlowKey,
-        vip_idx: u32,
-        id: u32,
-        new_conn: bool,
+        hash: u32,
+        c: Choice,
         mtu_check: bool,
     ) -> Result<Reason, Reason> {
-        let Some(b) = self.cfg.backend(id) else {
+        let Some(b) = self.cfg.backend(c.id) else {
             return Ok(Reason::DropNoBackend);
         };
-        cx.backend = Some(id);
+        cx.backend = Some(c.id);
         cx.fx.push(Effect::Traffic {
-            vip_idx,
-            backend: id,
+            vip_idx: c.vip_idx,
+            backend: c.id,
             bytes: p.ip_len as u64,
-            new_conn,
+            new_conn: c.new_conn,
         });
         let frame = cx.frame;
         if b.mode == MODE_DR {
@@ -861,7 +927,6 @@ impl Model {
         } else {
             (inner[0] << 4) | (inner[1] >> 4)
         };
-        let hash = flow_hash(flow);
         let next = if gue {
             IpNumber::UDP
         } else if inner_v4 {
