@@ -6,7 +6,7 @@ set -euo pipefail
 
 NIGHTLY="${AYA_EBPF_TOOLCHAIN:-nightly-2026-10-29}"
 PREFIX="${LB_TOOLCHAIN_DIR:-$HOME/.cache/lb-toolchain}"
-APT_PACKAGES="nginx curl wrk iproute2 iptables bpftool"
+APT_PACKAGES="nginx curl wrk iproute2 iptables bpftool prometheus chromium"
 log() { echo "setup: $*" >&2; }
 
 # 1. The dated nightly with rust-src: the eBPF crate is built with -Z build-std=core.

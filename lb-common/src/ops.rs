@@ -957,6 +957,7 @@ pub fn parse_ipvsadm_args<S: AsRef<str>>(
                     scheduler,
                     persistence,
                     backends: Vec::new(),
+                    health: None,
                 }))
             } else {
                 Command::Op(Op::EditService {
@@ -1017,6 +1018,7 @@ pub fn parse_ipvsadm_args<S: AsRef<str>>(
                             forward: forward.unwrap_or_default(),
                             mac,
                             gue_port,
+                            health: None,
                         },
                     })
                 } else {
@@ -1455,6 +1457,7 @@ mod tests {
             scheduler: Scheduler::Mh,
             persistence: 0,
             backends: Vec::new(),
+            health: None,
         }
     }
 
@@ -1465,6 +1468,7 @@ mod tests {
             forward,
             mac: None,
             gue_port: crate::DEFAULT_GUE_PORT,
+            health: None,
         }
     }
 
@@ -2093,6 +2097,7 @@ mod tests {
             scheduler: Scheduler::Sh,
             persistence: 86400,
             backends: vec![],
+            health: None,
         };
         b.backends.push(RealServer {
             address: "2001:db8::2".parse().unwrap(),

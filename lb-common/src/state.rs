@@ -6,6 +6,9 @@ use std::{collections::BTreeSet, fmt, net::IpAddr, str::FromStr};
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
+mod health;
+pub use health::*;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
@@ -100,6 +103,9 @@ pub struct RealServer {
     pub mac: Option<Mac>,
     #[serde(default = "gue_port")]
     pub gue_port: u16,
+    /// Overrides of the service's health check for this backend (see [`CheckParams`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Box<CheckParams>>,
 }
 
 fn one() -> u32 {
@@ -166,6 +172,10 @@ pub struct Service {
     pub persistence: u32,
     #[serde(default)]
     pub backends: Vec<RealServer>,
+    /// Active checks, passive detection and what happens when a backend goes DOWN
+    /// (see [`ServiceHealth`]); without it, no active checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Box<ServiceHealth>>,
 }
 
 impl Service {
@@ -252,6 +262,8 @@ impl State {
                 }
                 backend_count += 1;
             }
+            s.validate_health()
+                .map_err(|e| anyhow::anyhow!("{at}.{e:#}"))?;
         }
         if self.services.len() as u32 > max_vips {
             bail!(

@@ -89,6 +89,8 @@ pub enum Cmd {
     Clear,
     /// The daemon's version, interfaces and counts.
     Status,
+    /// Recent health transitions: time, service, backend, old -> new state, reason.
+    Events(EventsArgs),
     /// Which backend a flow goes to, and why.
     Route(RouteArgs),
     /// Stop the daemon.
@@ -259,6 +261,13 @@ pub struct ListArgs {
     /// Configuration order instead of ipvsadm's sorted order.
     #[arg(long)]
     pub nosort: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EventsArgs {
+    /// How many, the most recent (the daemon keeps the last 1024; its log has them all).
+    #[arg(short = 'n', long, default_value_t = 50)]
+    pub limit: usize,
 }
 
 #[derive(Args, Debug)]

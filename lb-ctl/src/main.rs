@@ -290,6 +290,7 @@ fn run_subcommand(cli: Cli) -> Res {
                         scheduler: scheduler(&c, &id, &s)?,
                         persistence: persistence(p.unwrap_or(0))?,
                         backends: Vec::new(),
+                        health: None,
                     })
                 }
                 ServiceCmd::Edit {
@@ -334,6 +335,7 @@ fn run_subcommand(cli: Cli) -> Res {
                             forward: forward.into(),
                             mac,
                             gue_port,
+                            health: None,
                         },
                     }
                 }
@@ -423,6 +425,7 @@ fn run_subcommand(cli: Cli) -> Res {
         }
         Cmd::Clear => mutate(&c, &[Op::Clear], None),
         Cmd::Status => status(&c),
+        Cmd::Events(a) => events(&c, a.limit),
         Cmd::Route(a) => route(&c, &a.client, &a.vip, a.proto.into()),
         Cmd::Shutdown { unload } => {
             c.client
@@ -681,6 +684,45 @@ fn stats(c: &Ctx, exact: bool) -> Res {
         for (action, reason, n) in &view.reasons {
             out.push_str(&format!("{action:<6} {reason:<22} {n}\n"));
         }
+    }
+    write_out(&out);
+    Ok(())
+}
+
+/// `lbctl events`: the daemon's recent health transitions, oldest first.
+fn events(c: &Ctx, limit: usize) -> Res {
+    let v = c
+        .client
+        .get(&format!("/v1/events?limit={limit}"))
+        .map_err(|e| match e {
+            ApiError::Status(StatusCode::NOT_FOUND, _) => {
+                refused("this daemon has no health events (GET /v1/events)")
+            }
+            e => api_error(c, e),
+        })?;
+    let list = v
+        .get("events")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad_answer("GET /v1/events", "no events list"))?;
+    let field = |e: &Value, k: &str| match e.get(k) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => "-".to_string(),
+        Some(other) => other.to_string(),
+    };
+    let mut out = format!(
+        "{:<24} {:<24} {:<16} {:<9}    {:<9} {}\n",
+        "TIME", "SERVICE", "BACKEND", "OLD", "NEW", "REASON"
+    );
+    for e in list {
+        out.push_str(&format!(
+            "{:<24} {:<24} {:<16} {:<9} -> {:<9} {}\n",
+            field(e, "time"),
+            field(e, "service"),
+            field(e, "backend"),
+            field(e, "old"),
+            field(e, "new"),
+            field(e, "reason"),
+        ));
     }
     write_out(&out);
     Ok(())

@@ -35,6 +35,8 @@ struct Fake {
     reject: Option<String>,
     /// Serve GET /v1/conns.
     conns: Option<Value>,
+    /// Serve GET /v1/events.
+    events: Option<Value>,
     /// `conn_timeout` in GET /v1/status.
     conn_timeout: Option<u64>,
 }
@@ -116,6 +118,7 @@ async fn handle(
             json!({"backend": "10.1.0.12", "why": "new flow: Maglev slot 5 of 65537"}),
         ),
         ("GET", "/v1/conns") if f.conns.is_some() => (200, f.conns.clone().unwrap()),
+        ("GET", "/v1/events") if f.events.is_some() => (200, f.events.clone().unwrap()),
         _ => (404, Value::Null),
     };
     Ok(json_response(code, &v))
@@ -502,6 +505,30 @@ fn daemon_refusal_exits_1_with_its_message() {
             "lbctl: backends: 4096 exceed capacity.max_backends 4095\n"
         )
     );
+}
+
+#[test]
+fn events_lists_health_transitions() {
+    let d = start(one_service());
+    let (code, _, err) = d.run(&["events"], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("no health events"), "{err}");
+    // The daemon's shape (GET /v1/events): oldest first; a service-level event has no backend.
+    d.fake.lock().unwrap().events = Some(json!({"events": [
+        {"seq": 1, "time": "2026-01-02T03:04:05.006Z", "unix_time": 1.0, "service": "tcp 10.0.0.1:80",
+         "backend": "192.168.1.2", "old": "UP", "new": "DOWN",
+         "reason": "3 consecutive checks failed, last: connection refused; held down for at least 5s"},
+        {"seq": 2, "time": "2026-01-02T03:04:06.000Z", "unix_time": 2.0, "service": "tcp 10.0.0.1:80",
+         "backend": null, "old": "SERVING", "new": "FAIL-OPEN", "reason": "every backend is DOWN"}
+    ]}));
+    assert_eq!(
+        d.ok(&["events", "-n", "5"], ""),
+        "TIME                     SERVICE                  BACKEND          OLD          NEW       REASON\n\
+         2026-01-02T03:04:05.006Z tcp 10.0.0.1:80          192.168.1.2      UP        -> DOWN      3 consecutive checks failed, last: connection refused; held down for at least 5s\n\
+         2026-01-02T03:04:06.000Z tcp 10.0.0.1:80          -                SERVING   -> FAIL-OPEN every backend is DOWN\n"
+    );
+    let reqs = d.fake.lock().unwrap().requests.clone();
+    assert!(reqs.iter().any(|r| r.1 == "/v1/events?limit=5"), "{reqs:?}");
 }
 
 #[test]

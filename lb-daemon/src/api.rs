@@ -20,6 +20,7 @@ use tokio::sync::{Mutex, Notify};
 use tracing::info;
 
 use crate::{
+    netlink::{self, Netlink},
     runtime::{ChangeError, Runtime},
     state::{Proto, ServiceId, State},
 };
@@ -28,6 +29,8 @@ pub struct Shared {
     pub rt: Mutex<Runtime>,
     pub shutdown: Notify,
     pub unload: std::sync::atomic::AtomicBool,
+    /// rtnetlink, to resolve the MACs of a new state's real servers (None: unavailable).
+    pub netlink: Option<Netlink>,
 }
 
 pub type Ctx = Arc<Shared>;
@@ -58,6 +61,8 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/v1/zero", post(zero))
         .route("/v1/route", get(route))
         .route("/v1/status", get(status))
+        .route("/v1/health", get(crate::health::api::get_health))
+        .route("/v1/events", get(crate::health::api::get_events))
         .route("/v1/shutdown", post(shutdown))
         .route("/v1/openapi.json", get(openapi))
         .layer(middleware::from_fn(log_requests))
@@ -124,7 +129,14 @@ async fn put_state(
     body: Result<Json<PutState>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult {
     let Json(body) = body.map_err(|e| bad(format!("request body: {}", e.body_text())))?;
+    // New MAC-less real servers are resolved first, without holding the lock.
+    let unknown = ctx.rt.lock().await.unknown_paths(&body.state);
+    let paths = match &ctx.netlink {
+        Some(nl) if !unknown.is_empty() => nl.paths(unknown, netlink::RESOLVE_WAIT).await,
+        _ => Default::default(),
+    };
     let mut rt = ctx.rt.lock().await;
+    rt.add_paths(paths);
     match rt.replace_state(body.generation, body.state) {
         Ok(report) => {
             info!(generation = rt.generation, ?report, "state replaced");
@@ -133,6 +145,7 @@ async fn put_state(
                 "services_removed": report.services_removed,
                 "services_changed": report.services_changed,
                 "slots_written": report.slots_written,
+                "unresolved": report.unresolved,
             }})))
         }
         Err(e @ ChangeError::Conflict { .. }) => Err(ApiError(StatusCode::CONFLICT, e.to_string())),
@@ -214,17 +227,57 @@ async fn route(
 async fn status(AxState(ctx): AxState<Ctx>) -> ApiResult {
     let rt = ctx.rt.lock().await;
     let backends: usize = rt.state.services.iter().map(|s| s.backends.len()).sum();
+    // The attached interfaces as the kernel has them (MAC, addresses).
+    let links: Vec<_> = rt
+        .attached
+        .iter()
+        .filter_map(|(n, _)| rt.interfaces.iter().find(|i| &i.name == n))
+        .collect();
+    let unresolved: std::collections::BTreeSet<IpAddr> =
+        rt.proj.unresolved().iter().map(|u| u.address).collect();
+    // The BACKENDS entries as the data plane has them.
+    let mut entries = Vec::new();
+    for s in &rt.state.services {
+        for r in &s.backends {
+            let Some(id) = rt.proj.backend_id(&s.id(), r.address) else {
+                continue;
+            };
+            let b = rt.dp.backend(id).map_err(internal)?;
+            entries.push(json!({
+                "service": s.id(),
+                "address": r.address,
+                "id": id,
+                "mac": crate::state::Mac(b.mac),
+                "mode": r.forward,
+            }));
+        }
+    }
+    let ctrl = rt.dp.ctrl().map_err(internal)?;
     Ok(Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "instance": rt.cfg.daemon.instance,
         "generation": rt.generation,
         "adopted": rt.adopted,
         "interfaces": rt.attached.iter().map(|(n, m)| json!({"name": n, "mode": m})).collect::<Vec<_>>(),
+        "links": links,
         "services": rt.state.services.len(),
         "backends": backends,
         "conns": rt.dp.conns().len(),
         "conn_capacity": rt.cfg.capacity.conn_table,
         "conn_timeout": rt.cfg.daemon.conn_timeout,
+        "tunnel_source_v4": std::net::Ipv4Addr::from(ctrl.tun_src_v4),
+        "tunnel_source_v6": std::net::Ipv6Addr::from(ctrl.tun_src_v6),
+        "unresolved": unresolved,
+        "unresolved_reasons": rt.proj.unresolved(),
+        "paths": rt.learned.paths.iter().map(|(a, p)| json!({
+            "address": a,
+            "next_hop": p.next_hop,
+            "via_gateway": p.via_gateway,
+            "interface": p.interface,
+            "mac": p.mac,
+            "error": p.error,
+        })).collect::<Vec<_>>(),
+        "backend_entries": entries,
     })))
 }
 

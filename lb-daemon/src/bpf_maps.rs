@@ -304,6 +304,19 @@ impl DataPlane {
         Ok(())
     }
 
+    /// Deletes the connection entries that point at `backend` (health `on_down = reset`):
+    /// the clients' next packets are balanced again. Returns how many went.
+    pub fn remove_conns_to(&mut self, backend: u32) -> usize {
+        let keys: Vec<FlowKey> = self
+            .conns
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(_, c)| c.backend == backend)
+            .map(|(k, _)| k)
+            .collect();
+        keys.iter().filter(|k| self.conns.remove(k).is_ok()).count()
+    }
+
     fn sum(c: aya::maps::PerCpuValues<Counters>) -> Counters {
         c.iter().fold(Counters::default(), |a, b| Counters {
             packets: a.packets + b.packets,

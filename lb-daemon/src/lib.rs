@@ -4,11 +4,15 @@
 pub mod api;
 pub mod bpf_maps;
 pub mod config;
+pub mod health;
 pub mod loader;
+pub mod metrics;
+pub mod netlink;
 pub mod persist;
 pub mod runtime;
 pub use lb_common::state;
 pub mod stats;
+pub mod stats_page;
 pub mod sync;
 
 /// The XDP object built from lb-ebpf by build.rs.

@@ -8,7 +8,8 @@ use clap::Parser;
 use lb_daemon::{
     api::{self, Shared},
     config::{Config, DEFAULT_CONFIG},
-    runtime::Runtime,
+    metrics::{self, Metrics},
+    runtime::{self, Runtime},
     stats,
 };
 use tokio::{net::UnixListener, sync::Notify};
@@ -121,13 +122,21 @@ async fn main() -> Result<()> {
         ),
         None => None,
     };
-    let mut rt = Runtime::start(cfg.clone(), cfg.state_file(), pin)?;
+    // MACs of real servers without one configured: the kernel's neighbour table.
+    let running = Runtime::running_state(&cfg, &cfg.state_file())?;
+    let (netlink, learned, interfaces) = runtime::learn_initial(&cfg, &running).await;
+    let mut rt = Runtime::start(cfg.clone(), cfg.state_file(), pin, learned)?;
+    rt.interfaces = interfaces;
     rt.attach(pin)?;
     let shared = Arc::new(Shared {
         rt: tokio::sync::Mutex::new(rt),
         shutdown: Notify::new(),
         unload: std::sync::atomic::AtomicBool::new(false),
+        netlink,
     });
+    runtime::follow_kernel(shared.clone()).await;
+    // Health checks, and the task that makes the tables follow backend health.
+    lb_daemon::health::start(shared.clone()).await;
 
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir)?;
@@ -137,14 +146,25 @@ async fn main() -> Result<()> {
         UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
     info!(socket = %socket.display(), "API listening");
-    let app = api::router(shared.clone());
+    // The exporter's own counters; backend health from the health checker.
+    let health = shared.rt.lock().await.health.clone();
+    let metrics = Arc::new(Metrics::new(&cfg.daemon.instance, Arc::new(health)));
+    let app = api::router(shared.clone()).layer(axum::middleware::from_fn_with_state(
+        (metrics.clone(), "unix"),
+        metrics::track_api,
+    ));
     tokio::spawn(async move { axum::serve(listener, app).await });
     if let (Some(addr), Some(token)) = (cfg.daemon.api_listen, token) {
         let guard = (Arc::new(token), Arc::new(cfg.daemon.api_allow.clone()));
-        let app = api::router(shared.clone()).layer(axum::middleware::from_fn_with_state(
-            guard,
-            api::require_token,
-        ));
+        let app = api::router(shared.clone())
+            .layer(axum::middleware::from_fn_with_state(
+                guard,
+                api::require_token,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                (metrics.clone(), "tcp"),
+                metrics::track_api,
+            ));
         let tcp = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
@@ -156,6 +176,11 @@ async fn main() -> Result<()> {
             )
             .await
         });
+    }
+    if let Some(addr) = cfg.daemon.metrics_listen {
+        let every = Duration::from_secs(cfg.daemon.metrics_conn_interval.into());
+        metrics::spawn_conn_snapshots(shared.clone(), metrics.clone(), every).await?;
+        metrics::serve(addr, shared.clone(), metrics.clone()).await?;
     }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

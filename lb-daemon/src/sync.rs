@@ -1,10 +1,15 @@
 //! Projects the desired `State` into the maps through `DataPlane` (the only writer).
 //! Order keeps every packet safe: a backend is written before any slot points at it,
 //! and its slots are gone before it is invalidated.
+//!
+//! What is installed is the *effective* state: the desired state with each real
+//! server's MAC filled in (the configuration's, else the one learnt from the kernel's
+//! neighbour table, see [`Learned`]). A real server without one is left out of its
+//! service (its flows could not be forwarded correctly) and reported as unresolved.
 
 use std::{
     collections::{BTreeMap, VecDeque},
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use anyhow::{Result, bail};
@@ -17,7 +22,7 @@ use lb_common::{
 
 use crate::{
     bpf_maps::DataPlane,
-    state::{Scheduler, Service, ServiceId, State, Tunnel},
+    state::{Forward, Mac, RealServer, Scheduler, Service, ServiceId, State, Tunnel},
 };
 
 /// What one apply changed.
@@ -27,6 +32,105 @@ pub struct ApplyReport {
     pub services_removed: usize,
     pub services_changed: usize,
     pub slots_written: usize,
+    /// Real servers (per service) left out for want of a MAC.
+    pub unresolved: usize,
+}
+
+/// What the kernel said about the path to one real server's address.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PathInfo {
+    /// The L2 next hop: the address itself when on-link, else the route's gateway.
+    pub next_hop: IpAddr,
+    /// The route goes through a gateway (direct routing needs the server on-link).
+    pub via_gateway: bool,
+    pub ifindex: u32,
+    pub interface: String,
+    /// The next hop's MAC from the neighbour table; None while unknown or failed.
+    pub mac: Option<Mac>,
+    /// Why there is no MAC (no route, no ARP/ND answer, ...).
+    pub error: Option<String>,
+}
+
+impl PathInfo {
+    /// A path that could not even be looked up (no route, netlink unavailable).
+    pub fn failed(addr: IpAddr, error: impl Into<String>) -> Self {
+        PathInfo {
+            next_hop: addr,
+            via_gateway: false,
+            ifindex: 0,
+            interface: String::new(),
+            mac: None,
+            error: Some(error.into()),
+        }
+    }
+}
+
+/// What the daemon learnt from the kernel, filling what the configuration leaves out.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Learned {
+    /// Per real-server address (those without a configured MAC).
+    pub paths: BTreeMap<IpAddr, PathInfo>,
+    /// Outer tunnel sources when `tunnel.source_v4` / `source_v6` are not configured.
+    pub source_v4: Option<Ipv4Addr>,
+    pub source_v6: Option<Ipv6Addr>,
+}
+
+/// A real server left out of its service: no MAC to send its packets to.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Unresolved {
+    pub service: ServiceId,
+    pub address: IpAddr,
+    pub reason: String,
+}
+
+/// The MAC packets for `r` are sent to: the configured one wins, else the learnt next
+/// hop's. Direct routing rewrites only the MAC, so it needs the server on-link: a
+/// route through a gateway is an error there.
+pub fn effective_mac(r: &RealServer, learned: &Learned) -> Result<Mac, String> {
+    if let Some(m) = r.mac {
+        return Ok(m);
+    }
+    let Some(p) = learned.paths.get(&r.address) else {
+        return Err("MAC not resolved yet".into());
+    };
+    if r.forward == Forward::Dr && p.via_gateway {
+        return Err(format!(
+            "direct routing needs the real server on-link (L2 adjacency), but the route to it goes through gateway {}",
+            p.next_hop
+        ));
+    }
+    match (p.mac, &p.error) {
+        (Some(m), _) => Ok(m),
+        (None, Some(e)) => Err(e.clone()),
+        (None, None) => Err(format!("resolving the MAC of next hop {}", p.next_hop)),
+    }
+}
+
+/// The state to install: every real server that has an effective MAC, with it; the
+/// others are left out and returned. Tunnel sources default to the learnt ones.
+pub fn effective_state(desired: &State, learned: &Learned) -> (State, Vec<Unresolved>) {
+    let mut unresolved = Vec::new();
+    let mut st = desired.clone();
+    st.tunnel.source_v4 = st.tunnel.source_v4.or(learned.source_v4);
+    st.tunnel.source_v6 = st.tunnel.source_v6.or(learned.source_v6);
+    for s in &mut st.services {
+        let id = s.id();
+        s.backends.retain_mut(|r| match effective_mac(r, learned) {
+            Ok(m) => {
+                r.mac = Some(m);
+                true
+            }
+            Err(reason) => {
+                unresolved.push(Unresolved {
+                    service: id,
+                    address: r.address,
+                    reason,
+                });
+                false
+            }
+        });
+    }
+    (st, unresolved)
 }
 
 /// Which VIP index and backend ids each service holds: saved with the state so that a
@@ -68,6 +172,8 @@ pub struct Projector {
     free_idx: VecDeque<u32>,
     free_ids: VecDeque<u32>,
     ring_size: u32,
+    /// Real servers the last apply left out.
+    unresolved: Vec<Unresolved>,
 }
 
 pub fn vip_key(addr: IpAddr, port: u16, proto: u8) -> VipKey {
@@ -167,6 +273,7 @@ impl Projector {
             // id 0 means "no backend".
             free_ids: (1..max_backends).collect(),
             ring_size,
+            unresolved: Vec::new(),
         }
     }
 
@@ -224,22 +331,32 @@ impl Projector {
         self.installed.get(svc).map(|i| i.idx)
     }
 
-    /// Makes the maps equal `desired`. Validation (including MACs) happens first: on error
-    /// nothing has been written.
+    /// Real servers the last apply left out for want of a MAC.
+    pub fn unresolved(&self) -> &[Unresolved] {
+        &self.unresolved
+    }
+
+    /// [`Projector::apply_learned`] with nothing learnt: only configured MACs.
     pub fn apply(&mut self, dp: &mut DataPlane, desired: &State) -> Result<ApplyReport> {
+        self.apply_learned(dp, desired, &Learned::default())
+    }
+
+    /// Makes the maps equal the effective state of `desired` (see [`effective_state`]):
+    /// real servers without a MAC are left out and reported, the rest applies. The whole
+    /// state is validated first: on error nothing has been written.
+    pub fn apply_learned(
+        &mut self,
+        dp: &mut DataPlane,
+        desired: &State,
+        learned: &Learned,
+    ) -> Result<ApplyReport> {
         desired.validate(dp.cap.max_vips, dp.cap.max_backends)?;
-        for s in &desired.services {
-            for r in &s.backends {
-                if r.mac.is_none() {
-                    bail!(
-                        "service {}: real server {} has no resolved MAC",
-                        s.id(),
-                        r.address
-                    );
-                }
-            }
-        }
-        let mut report = ApplyReport::default();
+        let (effective, unresolved) = effective_state(desired, learned);
+        let desired = &effective;
+        let mut report = ApplyReport {
+            unresolved: unresolved.len(),
+            ..ApplyReport::default()
+        };
         // New addresses' filter bits go in before any of their entries (stale ones are
         // cleared at the end): a packet never meets a VIP entry its bit hides.
         let current = dp.filter();
@@ -316,7 +433,7 @@ impl Projector {
                 let (addr, family) = addr_bytes(r.address);
                 let b = Backend {
                     addr,
-                    mac: r.mac.expect("checked above").0,
+                    mac: r.mac.expect("effective_state sets every MAC").0,
                     family,
                     mode: r.forward.mode(),
                     flags: BACKEND_F_VALID,
@@ -370,6 +487,7 @@ impl Projector {
             self.installed.insert(w.id, Installed { svc: w.svc.clone(), idx: w.idx, ids: w.ids });
         }
         self.sync_markers(dp)?;
+        self.unresolved = unresolved;
         Ok(report)
     }
 
@@ -401,5 +519,229 @@ impl Projector {
         // Now exact: bits of addresses that left are cleared.
         dp.write_filter(&bits);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loader::Capacity;
+
+    const A: &str = "10.0.0.11";
+    const B: &str = "10.0.0.12";
+    const C: &str = "10.0.0.13";
+
+    fn mac(last: u8) -> Mac {
+        Mac([2, 0, 0, 0, 0, last])
+    }
+
+    /// Built through serde, so that fields added later take their defaults.
+    fn real(addr: &str, forward: Forward, m: Option<Mac>) -> RealServer {
+        serde_json::from_value(serde_json::json!({
+            "address": addr,
+            "forward": forward,
+            "mac": m,
+        }))
+        .expect("a real server")
+    }
+
+    fn state(backends: Vec<RealServer>) -> State {
+        let mut s: State = serde_json::from_value(serde_json::json!({
+            "service": [{"address": "10.0.0.100", "port": 80, "proto": "tcp"}],
+        }))
+        .expect("a state");
+        s.services[0].backends = backends;
+        s
+    }
+
+    fn path(next_hop: &str, via_gateway: bool, m: Option<Mac>) -> PathInfo {
+        PathInfo {
+            next_hop: next_hop.parse().unwrap(),
+            via_gateway,
+            ifindex: 2,
+            interface: "eth0".into(),
+            mac: m,
+            error: None,
+        }
+    }
+
+    fn learned(paths: &[(&str, PathInfo)]) -> Learned {
+        Learned {
+            paths: paths
+                .iter()
+                .map(|(a, p)| (a.parse().unwrap(), p.clone()))
+                .collect(),
+            ..Learned::default()
+        }
+    }
+
+    fn addrs(s: &State) -> Vec<(String, Option<Mac>)> {
+        s.services[0]
+            .backends
+            .iter()
+            .map(|r| (r.address.to_string(), r.mac))
+            .collect()
+    }
+
+    #[test]
+    fn configured_mac_wins_over_the_learnt_one() {
+        let r = real(A, Forward::Tun, Some(mac(1)));
+        let l = learned(&[(A, path(A, false, Some(mac(9))))]);
+        assert_eq!(effective_mac(&r, &l), Ok(mac(1)));
+        // Even a DR server behind a gateway: the operator said where to send.
+        let r = real(A, Forward::Dr, Some(mac(1)));
+        let l = learned(&[(A, path("10.0.0.1", true, Some(mac(9))))]);
+        assert_eq!(effective_mac(&r, &l), Ok(mac(1)));
+    }
+
+    #[test]
+    fn learnt_mac_fills_a_missing_one() {
+        let r = real(A, Forward::Dr, None);
+        let l = learned(&[(A, path(A, false, Some(mac(9))))]);
+        assert_eq!(effective_mac(&r, &l), Ok(mac(9)));
+        // Tunnels go to the gateway's MAC.
+        let r = real(A, Forward::Tun, None);
+        let l = learned(&[(A, path("10.0.0.1", true, Some(mac(7))))]);
+        assert_eq!(effective_mac(&r, &l), Ok(mac(7)));
+    }
+
+    #[test]
+    fn unresolved_real_servers_are_left_out_and_reported() {
+        let desired = state(vec![
+            real(A, Forward::Tun, Some(mac(1))),
+            real(B, Forward::Tun, None),
+            real(C, Forward::Tun, None),
+        ]);
+        let mut failed = path(C, false, None);
+        failed.error = Some("no ARP answer".into());
+        let l = learned(&[(B, path(B, false, Some(mac(2)))), (C, failed)]);
+        let (eff, unresolved) = effective_state(&desired, &l);
+        assert_eq!(
+            addrs(&eff),
+            vec![(A.to_string(), Some(mac(1))), (B.to_string(), Some(mac(2)))]
+        );
+        assert_eq!(
+            unresolved,
+            vec![Unresolved {
+                service: desired.services[0].id(),
+                address: C.parse().unwrap(),
+                reason: "no ARP answer".into(),
+            }]
+        );
+        // Nothing learnt at all: only the configured one stays.
+        let (eff, unresolved) = effective_state(&desired, &Learned::default());
+        assert_eq!(addrs(&eff), vec![(A.to_string(), Some(mac(1)))]);
+        let left: Vec<String> = unresolved.iter().map(|u| u.address.to_string()).collect();
+        assert_eq!(left, vec![B, C]);
+    }
+
+    #[test]
+    fn direct_routing_through_a_gateway_is_an_error_for_that_server() {
+        let desired = state(vec![
+            real(A, Forward::Dr, None),
+            real(B, Forward::Tun, None),
+        ]);
+        let gw = path("10.0.0.1", true, Some(mac(7)));
+        let l = learned(&[(A, gw.clone()), (B, gw)]);
+        let (eff, unresolved) = effective_state(&desired, &l);
+        assert_eq!(addrs(&eff), vec![(B.to_string(), Some(mac(7)))]);
+        assert_eq!(unresolved.len(), 1);
+        assert_eq!(unresolved[0].address.to_string(), A);
+        assert!(
+            unresolved[0].reason.contains("L2 adjacency")
+                && unresolved[0].reason.contains("10.0.0.1"),
+            "{}",
+            unresolved[0].reason
+        );
+    }
+
+    #[test]
+    fn tunnel_sources_default_to_the_learnt_ones() {
+        let mut desired = state(vec![]);
+        let l = Learned {
+            source_v4: Some("10.0.0.1".parse().unwrap()),
+            source_v6: Some("fd00::1".parse().unwrap()),
+            ..Learned::default()
+        };
+        let (eff, _) = effective_state(&desired, &l);
+        assert_eq!(eff.tunnel.source_v4, l.source_v4);
+        assert_eq!(eff.tunnel.source_v6, l.source_v6);
+        desired.tunnel.source_v4 = Some("192.0.2.1".parse().unwrap());
+        let (eff, _) = effective_state(&desired, &l);
+        assert_eq!(eff.tunnel.source_v4, Some("192.0.2.1".parse().unwrap()));
+    }
+
+    /// The backend ids and their BACKENDS entries' MACs of the one service.
+    fn installed(proj: &Projector, dp: &DataPlane, s: &State) -> Vec<(String, [u8; 6])> {
+        let id = s.services[0].id();
+        s.services[0]
+            .backends
+            .iter()
+            .filter_map(|r| {
+                let bid = proj.backend_id(&id, r.address)?;
+                Some((r.address.to_string(), dp.backend(bid).unwrap().mac))
+            })
+            .collect()
+    }
+
+    /// Through a real (unpinned) data plane: needs root for the BPF maps.
+    #[test]
+    fn apply_leaves_out_the_unresolved_and_follows_mac_changes() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: loading BPF maps needs root");
+            return;
+        }
+        let cap = Capacity::small();
+        let mut dp = DataPlane::load(&cap).expect("loading the data plane");
+        let mut proj = Projector::new(cap.max_vips, cap.max_backends, cap.ring_size);
+        let desired = state(vec![
+            real(A, Forward::Tun, Some(mac(1))),
+            real(B, Forward::Tun, None),
+        ]);
+        let svc = desired.services[0].id();
+        let idx_of = |proj: &Projector| proj.vip_idx(&svc).unwrap();
+
+        // B unknown: applies without it (no whole-state error), B reported.
+        let r = proj.apply(&mut dp, &desired).expect("apply");
+        assert_eq!((r.services_added, r.unresolved), (1, 1));
+        assert_eq!(installed(&proj, &dp, &desired), vec![(A.into(), mac(1).0)]);
+        assert_eq!(proj.unresolved()[0].address.to_string(), B);
+        let a_id = proj.backend_id(&svc, A.parse().unwrap()).unwrap();
+        let table = dp.table(idx_of(&proj));
+        assert!(table.iter().all(|b| *b == a_id), "only A in the table");
+
+        // B's MAC appears: B enters the table.
+        let mut l = learned(&[(B, path(B, false, Some(mac(2))))]);
+        let r = proj.apply_learned(&mut dp, &desired, &l).expect("apply");
+        assert_eq!((r.services_changed, r.unresolved), (1, 0));
+        assert!(proj.unresolved().is_empty());
+        assert_eq!(
+            installed(&proj, &dp, &desired),
+            vec![(A.into(), mac(1).0), (B.into(), mac(2).0)]
+        );
+        let b_id = proj.backend_id(&svc, B.parse().unwrap()).unwrap();
+        let table = dp.table(idx_of(&proj));
+        assert!(table.contains(&b_id) && table.contains(&a_id));
+
+        // B's MAC changes: only its BACKENDS entry changes, same id, same table.
+        l.paths.get_mut(&B.parse().unwrap()).unwrap().mac = Some(mac(3));
+        let r = proj.apply_learned(&mut dp, &desired, &l).expect("apply");
+        assert_eq!(r.slots_written, 0);
+        assert_eq!(proj.backend_id(&svc, B.parse().unwrap()), Some(b_id));
+        assert_eq!(dp.backend(b_id).unwrap().mac, mac(3).0);
+        assert_eq!(dp.table(idx_of(&proj)), table);
+
+        // Resolution fails: B leaves the table, its entry is invalidated.
+        l.paths.get_mut(&B.parse().unwrap()).unwrap().mac = None;
+        let r = proj.apply_learned(&mut dp, &desired, &l).expect("apply");
+        assert_eq!(r.unresolved, 1);
+        assert_eq!(proj.backend_id(&svc, B.parse().unwrap()), None);
+        assert_eq!(dp.backend(b_id).unwrap(), Backend::default());
+        assert!(dp.table(idx_of(&proj)).iter().all(|b| *b == a_id));
+
+        // Nothing changed: nothing written.
+        let r = proj.apply_learned(&mut dp, &desired, &l).expect("apply");
+        assert_eq!((r.services_changed, r.slots_written), (0, 0));
     }
 }
