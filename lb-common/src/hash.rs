@@ -63,6 +63,9 @@ pub fn slot(hash: u32, n: u32) -> u32 {
 /// The VIP_FILTER bit of a destination address (0..VIP_FILTER_BITS).
 #[inline(always)]
 pub fn addr_filter_bit(addr: &[u8; 16]) -> u32 {
-    let w = word(addr, 0) ^ word(addr, 4).rotate_left(7) ^ word(addr, 8).rotate_left(14) ^ word(addr, 12).rotate_left(21);
+    let w = word(addr, 0)
+        ^ word(addr, 4).rotate_left(7)
+        ^ word(addr, 8).rotate_left(14)
+        ^ word(addr, 12).rotate_left(21);
     slot(w.wrapping_mul(0x9e37_79b1), crate::VIP_FILTER_BITS)
 }

@@ -217,8 +217,18 @@ pub struct PassiveEvent {
 assert_size!(PassiveEvent, 24);
 
 pod!(
-    VipKey, VipMeta, Backend, FlowKey, Conn, PersistKey, PersistVal, FragKey, FragVal, Ctrl,
-    Counters, PassiveEvent
+    VipKey,
+    VipMeta,
+    Backend,
+    FlowKey,
+    Conn,
+    PersistKey,
+    PersistVal,
+    FragKey,
+    FragVal,
+    Ctrl,
+    Counters,
+    PassiveEvent
 );
 
 impl FlowKey {

@@ -267,7 +267,11 @@ impl DataPlane {
     }
 
     pub fn filter(&self) -> Vec<u64> {
-        self.filter.words().iter().map(|w| w.load(Ordering::Relaxed)).collect()
+        self.filter
+            .words()
+            .iter()
+            .map(|w| w.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// Retires VIP `idx`'s generation: its connection entries stop matching.

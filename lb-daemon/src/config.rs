@@ -57,7 +57,7 @@ impl Default for Daemon {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "ConfigFile")]
+#[serde(from = "ConfigFile")]
 pub struct Config {
     pub daemon: Daemon,
     pub capacity: Capacity,
@@ -79,18 +79,25 @@ struct ConfigFile {
 impl Default for ConfigFile {
     fn default() -> Self {
         let c = Config::default();
-        ConfigFile { daemon: c.daemon, capacity: c.capacity, tunnel: c.state.tunnel, service: c.state.services }
+        ConfigFile {
+            daemon: c.daemon,
+            capacity: c.capacity,
+            tunnel: c.state.tunnel,
+            service: c.state.services,
+        }
     }
 }
 
-impl TryFrom<ConfigFile> for Config {
-    type Error = std::convert::Infallible;
-    fn try_from(f: ConfigFile) -> Result<Self, Self::Error> {
-        Ok(Config {
+impl From<ConfigFile> for Config {
+    fn from(f: ConfigFile) -> Self {
+        Config {
             daemon: f.daemon,
             capacity: f.capacity,
-            state: State { tunnel: f.tunnel, services: f.service, ..State::default() },
-        })
+            state: State {
+                tunnel: f.tunnel,
+                services: f.service,
+            },
+        }
     }
 }
 

@@ -69,17 +69,28 @@ fn ensure_bpffs() -> Result<()> {
     let path = c"/sys/fs/bpf";
     // SAFETY: statfs on a NUL-terminated path into a zeroed struct.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    let is_bpffs = unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC;
+    let is_bpffs =
+        unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC;
     if is_bpffs {
         return Ok(());
     }
     std::fs::create_dir_all("/sys/fs/bpf").ok();
     // SAFETY: mount(2) with static C strings.
-    let r = unsafe { libc::mount(c"bpf".as_ptr(), path.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null()) };
+    let r = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            path.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
     if r != 0 {
         return Err(std::io::Error::last_os_error()).context("mounting bpffs on /sys/fs/bpf");
     }
-    warn!("mounted a bpffs on /sys/fs/bpf in this mount namespace: pins live only as long as it does");
+    warn!(
+        "mounted a bpffs on /sys/fs/bpf in this mount namespace: pins live only as long as it does"
+    );
     Ok(())
 }
 

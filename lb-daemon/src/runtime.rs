@@ -418,7 +418,12 @@ impl Runtime {
             .conns()
             .into_iter()
             .map(|(k, c)| ConnEntry {
-                proto: if k.proto == lb_common::PROTO_TCP { "tcp" } else { "udp" }.into(),
+                proto: if k.proto == lb_common::PROTO_TCP {
+                    "tcp"
+                } else {
+                    "udp"
+                }
+                .into(),
                 client: SocketAddr::new(ip_of(&k.src, k.family), u16::from_be(k.sport)),
                 vip: SocketAddr::new(ip_of(&k.dst, k.family), u16::from_be(k.dport)),
                 backend: by_id.get(&c.backend).copied(),
@@ -584,7 +589,10 @@ fn ip_of(a: &[u8; 16], family: u8) -> IpAddr {
 
 /// CLOCK_MONOTONIC_COARSE, the clock behind bpf_ktime_get_coarse_ns.
 fn coarse_now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64

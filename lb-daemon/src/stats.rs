@@ -13,10 +13,8 @@ pub fn scaled(n: u64, exact: bool) -> String {
     }
     let units = [(1e12, 'T'), (1e9, 'G'), (1e6, 'M'), (1e3, 'K')];
     for (div, u) in units {
-        if n as f64 >= div * 100.0 || u == 'K' {
-            if n as f64 >= div {
-                return format!("{}{u}", (n as f64 / div) as u64);
-            }
+        if (n as f64 >= div * 100.0 || u == 'K') && n as f64 >= div {
+            return format!("{}{u}", (n as f64 / div) as u64);
         }
     }
     n.to_string()
@@ -110,11 +108,15 @@ pub fn stats_view(rt: &crate::runtime::Runtime) -> Result<lb_common::ops::StatsV
     let mut services = Vec::new();
     for s in &rt.state.services {
         let id = s.id();
-        let Some(idx) = rt.proj.vip_idx(&id) else { continue };
+        let Some(idx) = rt.proj.vip_idx(&id) else {
+            continue;
+        };
         let c = rt.dp.vip_counters(idx)?;
         let mut backends = Vec::new();
         for r in &s.backends {
-            let Some(bid) = rt.proj.backend_id(&id, r.address) else { continue };
+            let Some(bid) = rt.proj.backend_id(&id, r.address) else {
+                continue;
+            };
             let b = rt.dp.backend_counters(bid)?;
             let (a, i) = active.get(&bid).copied().unwrap_or_default();
             backends.push(BackendStats {

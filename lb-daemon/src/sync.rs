@@ -444,11 +444,22 @@ impl Projector {
                     dp.set_backend(bid, &b)?;
                 }
             }
-            work.push(Pending { id: *id, svc, idx, ids, existed, leaving, table: Vec::new(), seq_len: 0 });
+            work.push(Pending {
+                id: *id,
+                svc,
+                idx,
+                ids,
+                existed,
+                leaving,
+                table: Vec::new(),
+                seq_len: 0,
+            });
         }
         // Phase 2 (parallel): the tables are pure computation, one per service.
         let ring = self.ring_size;
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(work.len().max(1));
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(work.len().max(1));
         let chunk = work.len().div_ceil(threads.max(1)).max(1);
         std::thread::scope(|sc| {
             for part in work.chunks_mut(chunk) {
@@ -471,7 +482,10 @@ impl Projector {
                 seq_len: w.seq_len,
                 _pad: 0,
             };
-            dp.set_vip(&vip_key(w.id.address, w.id.port, w.id.proto.number()), &meta)?;
+            dp.set_vip(
+                &vip_key(w.id.address, w.id.port, w.id.proto.number()),
+                &meta,
+            )?;
             if !w.existed {
                 dp.reset_rr(w.idx)?;
             }
@@ -484,7 +498,14 @@ impl Projector {
             } else {
                 report.services_added += 1;
             }
-            self.installed.insert(w.id, Installed { svc: w.svc.clone(), idx: w.idx, ids: w.ids });
+            self.installed.insert(
+                w.id,
+                Installed {
+                    svc: w.svc.clone(),
+                    idx: w.idx,
+                    ids: w.ids,
+                },
+            );
         }
         self.sync_markers(dp)?;
         self.unresolved = unresolved;

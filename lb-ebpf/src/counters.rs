@@ -46,7 +46,13 @@ pub fn syn_retransmit(vip_idx: u32, backend: u32, now: u64) {
         return;
     }
     *last = now;
-    let ev = PassiveEvent { kind: EVENT_SYN_RETRANSMIT, backend, vip_idx, _pad: 0, ts_ns: now };
+    let ev = PassiveEvent {
+        kind: EVENT_SYN_RETRANSMIT,
+        backend,
+        vip_idx,
+        _pad: 0,
+        ts_ns: now,
+    };
     if EVENTS.output(&ev, 0).is_ok() {
         event_stat(EVENT_STAT_SENT);
     } else {

@@ -6,10 +6,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, CTRL_F_SRC_FROM_FLOW, Ctrl, FAMILY_V4, ICMP_QUOTE_LEN, IPV4_HDR_LEN, IPV6_HDR_LEN,
-    FlowKey, MODE_TUN_GUE, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP, PROTO_IPV6, PROTO_UDP, Reason,
-    UDP_HDR_LEN,
-    hash::flow_hash,
+    Backend, CTRL_F_SRC_FROM_FLOW, Ctrl, FAMILY_V4, FlowKey, ICMP_QUOTE_LEN, IPV4_HDR_LEN,
+    IPV6_HDR_LEN, MODE_TUN_GUE, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP, PROTO_IPV6, PROTO_UDP,
+    Reason, UDP_HDR_LEN, hash::flow_hash,
 };
 
 use crate::{
@@ -61,7 +60,13 @@ fn move_l2(ctx: &XdpContext, from: usize, l3_off: usize, dst: &[u8; 6]) -> Resul
     let old: *const Eth = ptr_at(ctx, from)?;
     let new: *mut Eth = ptr_at(ctx, 0)?;
     let old = unsafe { *old };
-    unsafe { *new = Eth { dst: *dst, src: old.dst, ty: old.ty } };
+    unsafe {
+        *new = Eth {
+            dst: *dst,
+            src: old.dst,
+            ty: old.ty,
+        }
+    };
     if l3_off > ETH_LEN {
         let otag: *const [u8; VLAN_LEN] = ptr_at(ctx, from + ETH_LEN)?;
         let ntag: *mut [u8; VLAN_LEN] = ptr_at(ctx, ETH_LEN)?;

@@ -136,7 +136,11 @@ fn later_fragment(
             Reason::PassNotVip
         });
     };
-    let choice = select::Choice { id: f.backend, vip_idx: f.vip_idx, new_conn: false };
+    let choice = select::Choice {
+        id: f.backend,
+        vip_idx: f.vip_idx,
+        new_conn: false,
+    };
     forward::to_backend(ctx, p, &p.flow, Some(f.flow_hash), &choice, ctrl, true)
 }
 

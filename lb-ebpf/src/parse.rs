@@ -222,7 +222,12 @@ pub fn is_icmp(family: u8, proto: u8) -> bool {
 /// The flow an ICMP error is about, reversed into the client → VIP direction.
 /// `off` is the offset of the quoted (inner) IP header.
 #[inline(always)]
-pub fn quoted_flow(ctx: &XdpContext, p: &Packet, off: usize, family: u8) -> Result<FlowKey, Reason> {
+pub fn quoted_flow(
+    ctx: &XdpContext,
+    p: &Packet,
+    off: usize,
+    family: u8,
+) -> Result<FlowKey, Reason> {
     let mut f = FlowKey {
         family,
         ..FlowKey::default()

@@ -88,7 +88,13 @@ pub fn maybe_vip(addr: &[u8; 16]) -> bool {
 /// backend is valid and it has not idled out. Looked up before the VIP itself
 /// (Cilium's lesson): a hit needs no VIP lookup and no scheduler.
 #[inline(always)]
-pub fn established(flow: &FlowKey, ctrl: &Ctrl, tcp_flags: u8, now: u64, track: bool) -> Option<Choice> {
+pub fn established(
+    flow: &FlowKey,
+    ctrl: &Ctrl,
+    tcp_flags: u8,
+    now: u64,
+    track: bool,
+) -> Option<Choice> {
     let c = CONNS.get_ptr_mut(flow)?;
     let c = unsafe { &mut *c };
     let idle = now.wrapping_sub(c.last_seen_ns);
@@ -111,7 +117,11 @@ pub fn established(flow: &FlowKey, ctrl: &Ctrl, tcp_flags: u8, now: u64, track: 
             }
         }
     }
-    Some(Choice { id: c.backend, vip_idx: c.vip_idx, new_conn: false })
+    Some(Choice {
+        id: c.backend,
+        vip_idx: c.vip_idx,
+        new_conn: false,
+    })
 }
 
 /// A TCP SYN (without ACK) for `vip`: a new connection by definition, so the
@@ -134,7 +144,11 @@ pub fn syn(flow: &FlowKey, vip: &VipMeta, ctrl: &Ctrl, now: u64) -> Result<Choic
         vip_gen,
     };
     if CONNS.insert(flow, &conn, BPF_NOEXIST).is_ok() {
-        return Ok(Choice { id, vip_idx: vip.idx, new_conn: true });
+        return Ok(Choice {
+            id,
+            vip_idx: vip.idx,
+            new_conn: true,
+        });
     }
     if let Some(c) = CONNS.get_ptr_mut(flow) {
         let c = unsafe { &mut *c };
@@ -145,11 +159,19 @@ pub fn syn(flow: &FlowKey, vip: &VipMeta, ctrl: &Ctrl, now: u64) -> Result<Choic
             && backend(c.backend).is_some()
         {
             counters::syn_retransmit(c.vip_idx, c.backend, now);
-            return Ok(Choice { id: c.backend, vip_idx: c.vip_idx, new_conn: false });
+            return Ok(Choice {
+                id: c.backend,
+                vip_idx: c.vip_idx,
+                new_conn: false,
+            });
         }
     }
     let _ = CONNS.insert(flow, &conn, BPF_ANY);
-    Ok(Choice { id, vip_idx: vip.idx, new_conn: true })
+    Ok(Choice {
+        id,
+        vip_idx: vip.idx,
+        new_conn: true,
+    })
 }
 
 /// A new flow for `vip`: persistence, else the scheduler. With `track` (ordinary
@@ -185,7 +207,11 @@ pub fn new_flow(
         };
         let _ = CONNS.insert(flow, &conn, 0);
     }
-    Ok(Choice { id, vip_idx: vip.idx, new_conn: true })
+    Ok(Choice {
+        id,
+        vip_idx: vip.idx,
+        new_conn: true,
+    })
 }
 
 #[inline(always)]

@@ -78,7 +78,12 @@ pub fn tcp_ack(src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
     frame(
         src.parse().unwrap(),
         dst.parse().unwrap(),
-        L4::Tcp { sport, dport, syn: false, ack: true },
+        L4::Tcp {
+            sport,
+            dport,
+            syn: false,
+            ack: true,
+        },
         b"hello",
     )
 }

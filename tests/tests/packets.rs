@@ -848,15 +848,29 @@ fn retransmitted_syn_is_counted_and_reported_once_per_interval() {
     let syn = pkt::tcp("192.168.1.5", 4000, "10.0.0.10", 80);
     let first = l.run(&syn).unwrap().out[5];
     for _ in 0..5 {
-        assert_eq!(l.run(&syn).unwrap().out[5], first, "a retransmitted SYN stays on its backend");
+        assert_eq!(
+            l.run(&syn).unwrap().out[5],
+            first,
+            "a retransmitted SYN stays on its backend"
+        );
     }
     let svc = l.state.services[0].id();
-    let bid = l.proj.backend_id(&svc, format!("10.1.0.{first}").parse().unwrap()).unwrap();
+    let bid = l
+        .proj
+        .backend_id(&svc, format!("10.1.0.{first}").parse().unwrap())
+        .unwrap();
     let c = l.dp.backend_counters(bid).unwrap();
     assert_eq!((c.new_conns, c.syn_retransmits, c.handshakes), (1, 5, 0));
     let ev = l.dp.drain_events();
-    assert_eq!(ev.len(), 1, "rate limited to one event per backend per 100 ms: {ev:?}");
-    assert_eq!((ev[0].kind, ev[0].backend), (lb_common::EVENT_SYN_RETRANSMIT, bid));
+    assert_eq!(
+        ev.len(),
+        1,
+        "rate limited to one event per backend per 100 ms: {ev:?}"
+    );
+    assert_eq!(
+        (ev[0].kind, ev[0].backend),
+        (lb_common::EVENT_SYN_RETRANSMIT, bid)
+    );
     let (sent, lost, suppressed) = l.dp.event_stats().unwrap();
     assert_eq!((sent, lost, suppressed), (1, 0, 4));
     // The client's ACK completes the handshake: counted once.
@@ -872,13 +886,22 @@ fn syn_on_an_established_entry_is_scheduled_afresh() {
     // Establish 200 flows, then make backend 1 heavier: a reused 5-tuple (SYN after
     // the old connection's ACKs) follows the new table, a retransmission would not.
     let flows: Vec<(Vec<u8>, Vec<u8>)> = (0..200u16)
-        .map(|i| (pkt::tcp("192.168.3.3", 7000 + i, "10.0.0.10", 80), pkt::tcp_ack("192.168.3.3", 7000 + i, "10.0.0.10", 80)))
+        .map(|i| {
+            (
+                pkt::tcp("192.168.3.3", 7000 + i, "10.0.0.10", 80),
+                pkt::tcp_ack("192.168.3.3", 7000 + i, "10.0.0.10", 80),
+            )
+        })
         .collect();
     for (syn, ack) in &flows {
         l.run(syn).unwrap();
         l.run(ack).unwrap();
     }
-    let heavier = config("dr", "mh", "").replacen("mac = \"02:00:00:00:01:01\"", "mac = \"02:00:00:00:01:01\"\nweight = 50", 1);
+    let heavier = config("dr", "mh", "").replacen(
+        "mac = \"02:00:00:00:01:01\"",
+        "mac = \"02:00:00:00:01:01\"\nweight = 50",
+        1,
+    );
     l.apply_toml(&heavier).unwrap();
     let mut moved = 0;
     for (syn, ack) in &flows {

@@ -161,7 +161,10 @@ impl Delta {
     }
 }
 
-fn xdp() -> Result<(BTreeMap<&'static str, f64>, BTreeMap<&'static str, f64>)> {
+/// ns per packet by path name.
+type Figures = BTreeMap<&'static str, f64>;
+
+fn xdp() -> Result<(Figures, Figures)> {
     pin_to_cpu0();
     let cap = Capacity {
         conn_table: 1 << 20,
@@ -258,7 +261,8 @@ fn xdp() -> Result<(BTreeMap<&'static str, f64>, BTreeMap<&'static str, f64>)> {
 
 /// A config file with `services` services of `per` backends each.
 fn big_config(services: u32, per: u32) -> String {
-    let mut t = String::from("[capacity]\nmax_vips = 1024\nmax_backends = 16384\nconn_table = 65536\n");
+    let mut t =
+        String::from("[capacity]\nmax_vips = 1024\nmax_backends = 16384\nconn_table = 65536\n");
     for s in 0..services {
         t += &format!(
             "[[service]]\naddress = \"10.{}.{}.1\"\nport = 80\nproto = \"tcp\"\n",
@@ -426,7 +430,8 @@ fn main() -> Result<()> {
         "pass": x["pass"], "tun_v4": x["tun_v4"], "tun_v6": x["tun_v6"],
     });
     j["maglev_build_ms"] = json!({ "100": m100, "1000": m1000 });
-    j["control_plane"] = json!({ "apply_1000x10_ms": apply_ms, "backend_change_1000_ms": change_ms });
+    j["control_plane"] =
+        json!({ "apply_1000x10_ms": apply_ms, "backend_change_1000_ms": change_ms });
     j["exporter"] = json!({
         "scrape_1000x10_ms": scrape_ms,
         "scrape_1000x10_alloc_bytes": scrape_alloc,
