@@ -18,6 +18,7 @@
 //! The daemon runs with `--no-pin`, a temporary state file and socket, and its own
 //! instance; the [`Lab`] guard removes everything however the test ends. Needs root.
 
+use tests::e2e;
 #[allow(dead_code)]
 #[path = "../../xtask/src/netns.rs"]
 mod netns;
@@ -53,48 +54,6 @@ const BIG: usize = 6 << 20;
 const CHUNK: usize = 8 << 10;
 const PACE: Duration = Duration::from_millis(40);
 const RATE: &str = "400k";
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-/// `target/<profile>/<bin>` of `package`, built first if missing or older than this test.
-fn binary(package: &str, bin: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>");
-    let path = profile_dir.join(bin);
-    let mtime = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
-    if matches!((mtime(&path), mtime(&exe)), (Some(d), Some(t)) if d >= t) {
-        return path;
-    }
-    let profile = profile_dir
-        .file_name()
-        .and_then(|p| p.to_str())
-        .expect("profile directory name");
-    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    c.current_dir(workspace())
-        .args(["build", "-p", package, "--target-dir"])
-        .arg(profile_dir.parent().expect("target directory"));
-    match profile {
-        "debug" => {}
-        "release" => {
-            c.arg("--release");
-        }
-        p => {
-            c.args(["--profile", p]);
-        }
-    }
-    let status = c.status().expect("running cargo build");
-    assert!(status.success(), "{c:?} failed: {status}");
-    assert!(path.exists(), "{c:?} did not produce {}", path.display());
-    path
-}
 
 /// Namespaces of earlier runs of this test whose process is gone.
 fn remove_stale() {
@@ -449,8 +408,8 @@ fn health_checks_take_backends_out_and_back_in_namespaces() {
         "the end-to-end test needs root"
     );
     remove_stale();
-    let daemon = binary("lb-daemon", "lb-daemon");
-    let lbctl = binary("lb-ctl", "lbctl");
+    let daemon = e2e::binary("lb-daemon", "lb-daemon");
+    let lbctl = e2e::binary("lb-ctl", "lbctl");
     let prefix = format!("lbhc-{}-", std::process::id());
     let mut lab = Lab::build(&prefix, lb_daemon::EBPF_OBJECT).expect("building the topology");
     let _servers = TestServers::start(&lab);

@@ -14,6 +14,7 @@
 //! Prefix `lbneigh-<pid>-` (namespaces, /tmp files, daemon instance); a drop guard
 //! removes all of it even when an assertion fails. Needs root.
 
+use tests::e2e;
 #[allow(dead_code)]
 #[path = "../../xtask/src/netns.rs"]
 mod netns;
@@ -38,53 +39,6 @@ const STALE_PREFIX: &str = "lbneigh-";
 const GHOST: &str = "10.100.0.14";
 /// How long a MAC change may take to reach the BACKENDS map.
 const FOLLOW_LIMIT: Duration = Duration::from_secs(8);
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-/// `target/<profile>/lb-daemon` for this test executable's own profile, built first
-/// if missing or older than this test (as in e2e_netns.rs).
-fn daemon_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>");
-    let daemon = profile_dir.join("lb-daemon");
-    let mtime = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
-    if matches!((mtime(&daemon), mtime(&exe)), (Some(d), Some(t)) if d >= t) {
-        return daemon;
-    }
-    let profile = profile_dir
-        .file_name()
-        .and_then(|p| p.to_str())
-        .expect("profile directory name");
-    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    c.current_dir(workspace())
-        .args(["build", "-p", "lb-daemon", "--target-dir"])
-        .arg(profile_dir.parent().expect("target directory"));
-    match profile {
-        "debug" => {}
-        "release" => {
-            c.arg("--release");
-        }
-        p => {
-            c.args(["--profile", p]);
-        }
-    }
-    let status = c.status().expect("running cargo build -p lb-daemon");
-    assert!(status.success(), "{c:?} failed: {status}");
-    assert!(
-        daemon.exists(),
-        "{c:?} did not produce {}",
-        daemon.display()
-    );
-    daemon
-}
 
 /// Namespaces and files of earlier runs of this test whose process is gone.
 fn remove_stale() {
@@ -179,7 +133,7 @@ impl Rig {
         // SAFETY: geteuid has no preconditions.
         assert_eq!(unsafe { libc::geteuid() }, 0, "the test needs root");
         remove_stale();
-        let daemon_bin = daemon_binary();
+        let daemon_bin = e2e::daemon();
         let prefix = format!("{STALE_PREFIX}{}-", std::process::id());
         let lab = Lab::build(&prefix, lb_daemon::EBPF_OBJECT).expect("building the topology");
         let dir = lab.dir.clone();

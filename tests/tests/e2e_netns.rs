@@ -5,14 +5,14 @@
 //! (xtask/src/netns.rs), under the prefix `lbe2e-<pid>-`; a drop guard removes it
 //! even when an assertion fails. Needs root.
 
+use tests::e2e;
 #[allow(dead_code)]
 #[path = "../../xtask/src/netns.rs"]
 mod netns;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::{Path, PathBuf},
-    process::Command,
+    path::Path,
 };
 
 use netns::{Lab, SERVERS, VIP, VIP_PORT};
@@ -21,54 +21,6 @@ use netns::{Lab, SERVERS, VIP, VIP_PORT};
 /// them, rs1 and rs2 a quarter: with 200, rs3 falls to either one's count with a
 /// probability of about 1e-5 (4.3 standard deviations).
 const REQUESTS: u32 = 200;
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-/// `target/<profile>/lb-daemon` for this test executable's own profile
-/// (`target/<profile>/deps/e2e_netns-…`), built first if missing or older than this
-/// test (which is rebuilt whenever the daemon's library changes).
-fn daemon_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>");
-    let daemon = profile_dir.join("lb-daemon");
-    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    if matches!((mtime(&daemon), mtime(&exe)), (Some(d), Some(t)) if d >= t) {
-        return daemon;
-    }
-    let profile = profile_dir
-        .file_name()
-        .and_then(|p| p.to_str())
-        .expect("profile directory name");
-    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    c.current_dir(workspace())
-        .args(["build", "-p", "lb-daemon", "--target-dir"])
-        .arg(profile_dir.parent().expect("target directory"));
-    match profile {
-        "debug" => {}
-        "release" => {
-            c.arg("--release");
-        }
-        p => {
-            c.args(["--profile", p]);
-        }
-    }
-    let status = c.status().expect("running cargo build -p lb-daemon");
-    assert!(status.success(), "{c:?} failed: {status}");
-    assert!(
-        daemon.exists(),
-        "{c:?} did not produce {}",
-        daemon.display()
-    );
-    daemon
-}
 
 /// Namespaces of earlier runs of this test whose process is gone.
 fn remove_stale() {
@@ -144,7 +96,7 @@ fn daemon_balances_real_connections_in_namespaces() {
         "the end-to-end test needs root"
     );
     remove_stale();
-    let daemon = daemon_binary();
+    let daemon = e2e::daemon();
     let prefix = format!("lbe2e-{}-", std::process::id());
     // The guard: dropped (namespaces, nginx, daemon removed) however the test ends.
     let mut lab = Lab::build(&prefix, lb_daemon::EBPF_OBJECT).expect("building the topology");

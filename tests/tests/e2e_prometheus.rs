@@ -18,6 +18,7 @@
 //! and every process in them (daemon, nginx, prometheus, chromium), however the test
 //! ends. Needs root, nginx, curl, prometheus and chromium.
 
+use tests::e2e;
 #[allow(dead_code)]
 #[path = "../../xtask/src/netns.rs"]
 mod netns;
@@ -39,48 +40,6 @@ const METRICS: &str = "127.0.0.1:9469";
 const PROM: &str = "127.0.0.1:9090";
 /// Connections through the VIP before Prometheus is asked.
 const REQUESTS: u32 = 60;
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-/// `target/<profile>/lb-daemon` for this test's profile, built if missing or older
-/// than this test (as in e2e_netns.rs).
-fn daemon_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>");
-    let daemon = profile_dir.join("lb-daemon");
-    let mtime = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
-    if matches!((mtime(&daemon), mtime(&exe)), (Some(d), Some(t)) if d >= t) {
-        return daemon;
-    }
-    let profile = profile_dir
-        .file_name()
-        .and_then(|p| p.to_str())
-        .expect("profile directory name");
-    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    c.current_dir(workspace())
-        .args(["build", "-p", "lb-daemon", "--target-dir"])
-        .arg(profile_dir.parent().expect("target directory"));
-    match profile {
-        "debug" => {}
-        "release" => {
-            c.arg("--release");
-        }
-        p => {
-            c.args(["--profile", p]);
-        }
-    }
-    let status = c.status().expect("running cargo build -p lb-daemon");
-    assert!(status.success(), "{c:?} failed: {status}");
-    daemon
-}
 
 /// `target/test-output/e2e_prometheus/`.
 fn output_dir() -> PathBuf {
@@ -223,7 +182,7 @@ impl Prometheus {
     fn start(lab: &Lab) -> Prometheus {
         let dir = lab.dir.join("prometheus");
         fs::create_dir_all(&dir).unwrap();
-        let rules = workspace().join("prometheus/alerts.yml");
+        let rules = e2e::workspace().join("prometheus/alerts.yml");
         let cfg = format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: lb\n    static_configs:\n      - targets: ['{METRICS}']\n",
             rules.display()
@@ -383,7 +342,7 @@ fn prometheus_and_the_stats_page_see_what_the_data_plane_did() {
         "the end-to-end test needs root"
     );
     remove_stale();
-    let daemon = daemon_binary();
+    let daemon = e2e::daemon();
     let prefix = format!("lbprom-{}-", std::process::id());
     let mut lab = Lab::build(&prefix, lb_daemon::EBPF_OBJECT).expect("building the topology");
     let cfg_path = lab.dir.join("lb.toml");

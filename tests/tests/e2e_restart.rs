@@ -14,6 +14,7 @@
 //! instance = pin directory /sys/fs/bpf/lbrst-<pid>-<n>); a drop guard removes all of
 //! it even when an assertion fails. Needs root.
 
+use tests::e2e;
 #[allow(dead_code)]
 #[path = "../../xtask/src/netns.rs"]
 mod netns;
@@ -42,58 +43,6 @@ const BIG_LEN: u64 = 20 << 20;
 /// 6.7 s. curl alone lets bursts through (it finished in under 4 s on a loaded
 /// machine); nginx sends at most rate × (elapsed + 1 s), so at least 5.7 s.
 const RATE_MIB: u32 = 3;
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-/// `target/<profile>/lb-daemon` for this test executable's own profile, built first
-/// if missing or older than this test (as in e2e_netns.rs); once per process.
-fn daemon_binary() -> PathBuf {
-    static DAEMON: OnceLock<PathBuf> = OnceLock::new();
-    DAEMON.get_or_init(build_daemon).clone()
-}
-
-fn build_daemon() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>");
-    let daemon = profile_dir.join("lb-daemon");
-    let mtime = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
-    if matches!((mtime(&daemon), mtime(&exe)), (Some(d), Some(t)) if d >= t) {
-        return daemon;
-    }
-    let profile = profile_dir
-        .file_name()
-        .and_then(|p| p.to_str())
-        .expect("profile directory name");
-    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    c.current_dir(workspace())
-        .args(["build", "-p", "lb-daemon", "--target-dir"])
-        .arg(profile_dir.parent().expect("target directory"));
-    match profile {
-        "debug" => {}
-        "release" => {
-            c.arg("--release");
-        }
-        p => {
-            c.args(["--profile", p]);
-        }
-    }
-    let status = c.status().expect("running cargo build -p lb-daemon");
-    assert!(status.success(), "{c:?} failed: {status}");
-    assert!(
-        daemon.exists(),
-        "{c:?} did not produce {}",
-        daemon.display()
-    );
-    daemon
-}
 
 /// Once per process: pins need the host's bpffs on /sys/fs/bpf, and earlier runs of
 /// this test whose process is gone may have left namespaces, files and pins.
@@ -289,7 +238,7 @@ struct Rig {
 impl Rig {
     fn new(test: u32) -> Rig {
         prepare_host();
-        let daemon_bin = daemon_binary();
+        let daemon_bin = e2e::daemon();
         let prefix = format!("{STALE_PREFIX}{}-{test}-", std::process::id());
         let lab = Lab::build(&prefix, lb_daemon::EBPF_OBJECT).expect("building the topology");
         let dir = lab.dir.clone();
