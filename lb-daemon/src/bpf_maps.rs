@@ -379,16 +379,7 @@ impl DataPlane {
 
     /// Drains pending passive events without waiting (if the ring buffer wasn't taken).
     pub fn drain_events(&mut self) -> Vec<lb_common::PassiveEvent> {
-        let mut out = Vec::new();
-        if let Some(rb) = self.events.as_mut() {
-            while let Some(item) = rb.next() {
-                if item.len() >= std::mem::size_of::<lb_common::PassiveEvent>() {
-                    // SAFETY: the program writes whole PassiveEvents (repr(C), Pod).
-                    out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
-                }
-            }
-        }
-        out
+        self.events.as_mut().map(drain_ring).unwrap_or_default()
     }
 
     /// Ring-buffer accounting: (sent, lost because the ring was full, suppressed by the rate limit).
@@ -416,4 +407,16 @@ impl DataPlane {
         debug_assert!((r as u32) < REASON_SLOTS);
         Ok(self.reasons.get(&(r as u32), 0)?.iter().sum())
     }
+}
+
+/// Everything in an EVENTS ring buffer now (no waiting).
+pub fn drain_ring(ring: &mut aya::maps::RingBuf<MapData>) -> Vec<lb_common::PassiveEvent> {
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        if item.len() >= std::mem::size_of::<lb_common::PassiveEvent>() {
+            // SAFETY: the program writes whole PassiveEvents (repr(C), plain data).
+            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+        }
+    }
+    out
 }

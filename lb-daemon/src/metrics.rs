@@ -17,6 +17,13 @@
 //! | `lb_backend_connections_active`, `lb_backend_connections_inactive`, `lb_backend_weight` | gauge | same |
 //! | `lb_backend_up`, `lb_backend_state` (+ `state`: UP, DOWN, DOWN-WAIT, UP-WARM) | gauge | same |
 //! | `lb_service_backends` (+ `state`: healthy, unhealthy) | gauge | local_address, local_port, proto |
+//! | `lb_backend_check_duration_seconds` (the last check) | gauge | per backend |
+//! | `lb_backend_checks_total`, `lb_backend_check_failures_total`, `lb_backend_check_up_down_total` | counter | per backend |
+//! | `lb_health_check_duration_seconds` | histogram | type (tcp, http, https, udp, exec) |
+//! | `lb_health_check_failures_total` | counter | type, reason (timeout, refused, unreachable, tls, status, content, exit, other) |
+//! | `lb_health_transitions_total` | counter | from, to (UP, DOWN, DOWN-WAIT, UP-WARM) |
+//! | `lb_backends_unresolved` | gauge | — |
+//! | `lb_mac_resolution_failures_total` | counter | — |
 //! | `lb_xdp_packets_total` | counter | action (pass, drop, tx), reason |
 //! | `lb_cpu_packets_total` | counter | cpu |
 //! | `lb_conn_table_entries`, `lb_conn_table_capacity`, `lb_conn_snapshot_age_seconds`, `lb_conn_snapshot_duration_seconds` | gauge | — |
@@ -34,11 +41,9 @@
 //!   the real servers answer the clients directly, so replies never cross the load
 //!   balancer and there is nothing to count; a zero would look like a measurement.
 //! - node_exporter's `local_mark` label: there are no firewall-mark services.
-//! - health-check durations, failures and state transitions: no health checker exists
-//!   yet. Health comes from a [`HealthSource`]; today's, [`NoChecks`], reports every
-//!   configured backend UP, and the checker will replace it.
-//! - MAC-resolution failures: there was no source for them when this exporter was
-//!   written; export them from the resolver once it counts them, not as constant zeros.
+//! - a duration histogram per backend: with thousands of backends that is tens of
+//!   thousands of series; the histogram is per check type, and each backend has the
+//!   last check's duration (HAProxy's `check_duration`) and its failure counters.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -141,6 +146,8 @@ pub struct LastCheck {
     /// Seconds since the Unix epoch.
     pub unix_time: f64,
     pub detail: String,
+    /// How long the last attempt took.
+    pub duration_seconds: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -148,12 +155,53 @@ pub struct BackendHealth {
     pub state: HealthState,
     /// `None`: never checked (no checker).
     pub last_check: Option<LastCheck>,
+    /// Checks run, and failed, since the backend was configured.
+    pub checks: u64,
+    pub check_failures: u64,
+    /// Times it went DOWN.
+    pub downs: u64,
+}
+
+impl BackendHealth {
+    /// UP, never checked.
+    pub fn up() -> Self {
+        BackendHealth {
+            state: HealthState::Up,
+            last_check: None,
+            checks: 0,
+            check_failures: 0,
+            downs: 0,
+        }
+    }
+}
+
+/// Check durations of one check type: cumulative buckets `(le, count)`, +Inf last.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct CheckHistogram {
+    pub kind: &'static str,
+    pub count: u64,
+    pub sum: f64,
+    pub buckets: Vec<(f64, u64)>,
+}
+
+/// The checker as a whole.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct HealthTotals {
+    pub durations: Vec<CheckHistogram>,
+    /// (check type, reason, failures).
+    pub failures: Vec<(&'static str, &'static str, u64)>,
+    /// (from, to, transitions).
+    pub transitions: Vec<(&'static str, &'static str, u64)>,
 }
 
 /// Where backend health comes from. The health checker will implement this; until it
 /// exists, [`NoChecks`] is the source.
 pub trait HealthSource: Send + Sync {
     fn backend(&self, service: &ServiceId, backend: IpAddr) -> BackendHealth;
+    /// Durations, failures and transitions of every check so far.
+    fn totals(&self) -> HealthTotals {
+        HealthTotals::default()
+    }
 }
 
 /// No health checks: every configured backend is UP and has never been checked.
@@ -161,10 +209,7 @@ pub struct NoChecks;
 
 impl HealthSource for NoChecks {
     fn backend(&self, _: &ServiceId, _: IpAddr) -> BackendHealth {
-        BackendHealth {
-            state: HealthState::Up,
-            last_check: None,
-        }
+        BackendHealth::up()
     }
 }
 
@@ -591,6 +636,17 @@ pub struct Sample {
     pub cpus: Vec<CpuSample>,
     pub conn_table: ConnTableSample,
     pub events: EventsSample,
+    pub health: HealthTotals,
+    pub mac: MacSample,
+}
+
+/// MAC resolution of the real servers (and next hops) without a configured MAC.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MacSample {
+    /// Real servers left out now: no MAC to forward to.
+    pub unresolved: u64,
+    /// Times one was left out (it became unresolved, or its reason changed).
+    pub failures: u64,
 }
 
 /// The EVENTS ring buffer (passive health signals from the data plane).
@@ -793,11 +849,18 @@ pub fn sample(
             lost,
             suppressed,
         },
+        health: m.health.totals(),
+        mac: MacSample {
+            unresolved: proj.unresolved().len() as u64,
+            failures: 0,
+        },
     })
 }
 
 pub fn sample_runtime(rt: &Runtime, m: &Metrics) -> Result<Sample> {
-    sample(&rt.dp, &rt.proj, &rt.state, rt.generation, m)
+    let mut s = sample(&rt.dp, &rt.proj, &rt.state, rt.generation, m)?;
+    s.mac.failures = rt.mac_failures;
+    Ok(s)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1080,6 +1143,101 @@ impl Collector for Sample {
 
         family(
             &mut enc,
+            "backend_check_duration",
+            "Duration of the real server's last health check.",
+            Some(&Unit::Seconds),
+            svcs.iter().flat_map(|v| {
+                v.s.backends.iter().zip(&v.backends).filter_map(|(b, h)| {
+                    let last = b.health.last_check.as_ref()?;
+                    let l = Rendered {
+                        head: &h.0,
+                        last: v.proto,
+                    };
+                    Some((l, V::F(last.duration_seconds)))
+                })
+            }),
+        )?;
+        family(
+            &mut enc,
+            "backend_checks",
+            "Health checks of the real server.",
+            None,
+            per_backend(&svcs, &|b| V::C(b.health.checks)),
+        )?;
+        family(
+            &mut enc,
+            "backend_check_failures",
+            "Failed health checks of the real server.",
+            None,
+            per_backend(&svcs, &|b| V::C(b.health.check_failures)),
+        )?;
+        family(
+            &mut enc,
+            "backend_check_up_down",
+            "Times the real server went DOWN (by active checks or passive reports).",
+            None,
+            per_backend(&svcs, &|b| V::C(b.health.downs)),
+        )?;
+        let h = &self.health;
+        if !h.durations.is_empty() {
+            let mut me = enc.encode_descriptor(
+                "health_check_duration",
+                "Duration of health checks, by check type.",
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?;
+            for d in &h.durations {
+                // The encoder accumulates: hand it the count of each bucket alone.
+                let mut below = 0;
+                let own: Vec<(f64, u64)> = d
+                    .buckets
+                    .iter()
+                    .map(|&(le, cum)| {
+                        let n = cum - below;
+                        below = cum;
+                        (le, n)
+                    })
+                    .collect();
+                me.encode_family(&[("type", d.kind)])?
+                    .encode_histogram::<NoLabels>(d.sum, d.count, &own, None)?;
+            }
+        }
+        family(
+            &mut enc,
+            "health_check_failures",
+            "Failed health checks, by check type and reason (timeout, refused, unreachable, tls, status, content, exit, other).",
+            None,
+            h.failures
+                .iter()
+                .map(|&(k, r, n)| ([("type", k), ("reason", r)], V::C(n))),
+        )?;
+        family(
+            &mut enc,
+            "health_transitions",
+            "Health state transitions of real servers, by old and new state.",
+            None,
+            h.transitions
+                .iter()
+                .map(|&(f, t, n)| ([("from", f), ("to", t)], V::C(n))),
+        )?;
+        let none: NoLabels = [];
+        family(
+            &mut enc,
+            "backends_unresolved",
+            "Real servers left out of their tables now: no MAC to forward to (neighbour or route unresolved).",
+            None,
+            [(none, V::G(self.mac.unresolved))],
+        )?;
+        family(
+            &mut enc,
+            "mac_resolution_failures",
+            "Times a real server was left out for want of a MAC (it became unresolved, or its reason changed).",
+            None,
+            [(none, V::C(self.mac.failures))],
+        )?;
+
+        family(
+            &mut enc,
             "xdp_packets",
             "Packets leaving xdp_lb, by XDP action and reason, summed over CPUs.",
             None,
@@ -1102,7 +1260,6 @@ impl Collector for Sample {
                 .map(|(c, n)| ([("cpu", n.as_str())], V::C(c.packets))),
         )?;
         let ct = &self.conn_table;
-        let none: NoLabels = [];
         family(
             &mut enc,
             "conn_table_entries",

@@ -59,6 +59,9 @@ pub struct Runtime {
     /// Backend health (checks, passive reports, state machines): what is installed is
     /// the running state through [`crate::health::Health::effective`].
     pub health: crate::health::Health,
+    /// Times a real server was left out for want of a MAC (each time it became
+    /// unresolved, or its reason changed), for the exporter.
+    pub mac_failures: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,7 +131,7 @@ impl Runtime {
             .apply_learned(&mut dp, &health.effective(&state), &learned)
             .context("applying the running state")?;
         info!(?report, "state applied");
-        log_resolution(&[], proj.unresolved());
+        let mac_failures = log_resolution(&[], proj.unresolved());
         let rt = Runtime {
             dp,
             proj,
@@ -142,6 +145,7 @@ impl Runtime {
             interfaces: Vec::new(),
             tracked: None,
             health,
+            mac_failures,
         };
         rt.persist()?;
         Ok(rt)
@@ -222,7 +226,7 @@ impl Runtime {
                 &self.learned,
             )
             .context("re-applying the running state after a kernel change")?;
-        log_resolution(&before, self.proj.unresolved());
+        self.mac_failures += log_resolution(&before, self.proj.unresolved());
         if report.services_changed > 0 {
             info!(
                 ?report,
@@ -315,7 +319,7 @@ impl Runtime {
             .proj
             .apply_learned(&mut self.dp, &self.health.effective(&new), &self.learned)
             .map_err(ChangeError::Invalid)?;
-        log_resolution(&before, self.proj.unresolved());
+        self.mac_failures += log_resolution(&before, self.proj.unresolved());
         self.state = new;
         self.health.configure(&self.state);
         self.generation += 1;
@@ -442,14 +446,16 @@ impl Runtime {
 }
 
 /// Logs real servers that became unresolved (a warning with the reason) and those that
-/// were resolved since `before`.
-fn log_resolution(before: &[Unresolved], after: &[Unresolved]) {
+/// were resolved since `before`; returns how many became unresolved (or changed reason).
+fn log_resolution(before: &[Unresolved], after: &[Unresolved]) -> u64 {
     let key = |u: &Unresolved| (u.service, u.address);
+    let mut failures = 0;
     for u in after {
         if !before
             .iter()
             .any(|b| key(b) == key(u) && b.reason == u.reason)
         {
+            failures += 1;
             warn!(service = %u.service, real = %u.address, reason = %u.reason,
                 "real server left out: no MAC to forward to");
         }
@@ -459,6 +465,7 @@ fn log_resolution(before: &[Unresolved], after: &[Unresolved]) {
             info!(service = %b.service, real = %b.address, "real server resolved: forwarding to it");
         }
     }
+    failures
 }
 
 /// Default outer tunnel sources: the first global address of each family on the

@@ -18,7 +18,7 @@
 //! The daemon runs with `--no-pin`, a temporary state file and socket, and its own
 //! instance; the [`Lab`] guard removes everything however the test ends. Needs root.
 
-use tests::e2e;
+use tests::e2e::{self, Api, service, wait_for};
 #[allow(dead_code)]
 #[path = "../../xtask/src/netns.rs"]
 mod netns;
@@ -28,7 +28,7 @@ use std::{
     fs,
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{
         Arc,
@@ -54,16 +54,6 @@ const BIG: usize = 6 << 20;
 const CHUNK: usize = 8 << 10;
 const PACE: Duration = Duration::from_millis(40);
 const RATE: &str = "400k";
-
-/// Namespaces of earlier runs of this test whose process is gone.
-fn remove_stale() {
-    for ns in netns::namespaces("lbhc-").expect("ip netns list") {
-        let pid = ns.split('-').nth(1).unwrap_or_default();
-        if !Path::new("/proc").join(pid).exists() {
-            netns::remove_leftovers(&format!("lbhc-{pid}-")).expect("removing stale namespaces");
-        }
-    }
-}
 
 fn backends_toml(health: Option<&str>) -> String {
     let mut s = String::new();
@@ -112,89 +102,6 @@ fn config(instance: &str, sleep_marker: &str) -> String {
         ),
     ]
     .concat()
-}
-
-/// The daemon's API over its unix socket.
-struct Api {
-    sock: PathBuf,
-}
-
-impl Api {
-    fn get(&self, path: &str) -> Value {
-        let out = Command::new("curl")
-            .args(["-s", "--max-time", "5", "--unix-socket"])
-            .arg(&self.sock)
-            .arg(format!("http://lb{path}"))
-            .output()
-            .expect("running curl");
-        assert!(out.status.success(), "GET {path}: {}", out.status);
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("GET {path}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
-    }
-
-    /// Backend `addr` of the service on `port`, from GET /v1/health.
-    fn backend(&self, port: u16, addr: &str) -> Value {
-        let h = self.get("/v1/health");
-        let svc = service(&h, port);
-        svc["backends"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|b| b["address"] == addr)
-            .unwrap_or_else(|| panic!("no backend {addr} in {svc:#}"))
-            .clone()
-    }
-
-    fn state(&self, port: u16, addr: &str) -> String {
-        self.backend(port, addr)["state"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    }
-
-    /// New connections scheduled to `addr` by the service on `port` (GET /v1/stats).
-    fn conns(&self, port: u16, addr: &str) -> u64 {
-        let s = self.get("/v1/stats");
-        let svc = s["services"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["id"]["port"] == port)
-            .unwrap();
-        svc["backends"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|b| b["address"] == addr)
-            .unwrap()["conns"]
-            .as_u64()
-            .unwrap()
-    }
-}
-
-fn service(health: &Value, port: u16) -> Value {
-    health["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"]["port"] == port)
-        .unwrap_or_else(|| panic!("no service port {port} in {health:#}"))
-        .clone()
-}
-
-/// Polls every 50 ms until `ok`; returns the time it took, or panics after `limit`.
-fn wait_for(what: &str, limit: f64, mut ok: impl FnMut() -> bool) -> f64 {
-    let start = Instant::now();
-    loop {
-        if ok() {
-            return start.elapsed().as_secs_f64();
-        }
-        assert!(
-            start.elapsed().as_secs_f64() < limit,
-            "{what}: not within {limit:.1} s"
-        );
-        sleep(Duration::from_millis(50));
-    }
 }
 
 /// A long-transfer HTTP server on ports 8080 and 8081 of each real server (its sockets
@@ -364,34 +271,6 @@ fn can_connect(lab: &Lab, addr: &str) -> bool {
     .unwrap()
 }
 
-/// nginx of a real server started again (the Lab's own child has exited); killed on drop.
-struct Nginx(Child);
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn restart_nginx(lab: &Lab, name: &str) -> Nginx {
-    let d = lab.dir.join(name);
-    let child = Command::new("ip")
-        .args(["netns", "exec", &lab.ns(name), "nginx", "-p"])
-        .arg(&d)
-        .arg("-e")
-        .arg(d.join("error.log"))
-        .arg("-c")
-        .arg(d.join("nginx.conf"))
-        .args(["-g", "daemon off;"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting nginx");
-    Nginx(child)
-}
-
 fn events(api: &Api) -> Vec<Value> {
     api.get("/v1/events?limit=1000")["events"]
         .as_array()
@@ -407,7 +286,7 @@ fn health_checks_take_backends_out_and_back_in_namespaces() {
         0,
         "the end-to-end test needs root"
     );
-    remove_stale();
+    netns::remove_stale("lbhc-").expect("removing leftovers of earlier runs");
     let daemon = e2e::binary("lb-daemon", "lb-daemon");
     let lbctl = e2e::binary("lb-ctl", "lbctl");
     let prefix = format!("lbhc-{}-", std::process::id());
@@ -555,13 +434,7 @@ fn health_checks_take_backends_out_and_back_in_namespaces() {
     assert_eq!(on(8081, p_reset).as_deref(), Some(rs2), "{conns:#}");
 
     // Stop rs2's nginx: DOWN within fall × interval + timeout.
-    let pid: i32 = fs::read_to_string(lab.dir.join("rs2").join("nginx.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    // SAFETY: kill(2) on the nginx master the lab started.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
+    lab.stop_nginx("rs2").expect("stopping rs2's nginx");
     wait_for("rs2's nginx to stop", 10.0, || !can_connect(&lab, rs2));
     let stopped = Instant::now();
     let bound = FALL * INTERVAL + TIMEOUT + SLACK;
@@ -719,7 +592,7 @@ fn health_checks_take_backends_out_and_back_in_namespaces() {
     );
 
     // Start it again: UP once 2 checks passed (and the 5 s hold-down is over).
-    let _nginx = restart_nginx(&lab, "rs2");
+    lab.restart_nginx("rs2").expect("starting rs2's nginx");
     wait_for("rs2's nginx to start", 10.0, || can_connect(&lab, rs2));
 
     let hold_left = 5.0 - down_at.elapsed().as_secs_f64();

@@ -40,20 +40,6 @@ const GHOST: &str = "10.100.0.14";
 /// How long a MAC change may take to reach the BACKENDS map.
 const FOLLOW_LIMIT: Duration = Duration::from_secs(8);
 
-/// Namespaces and files of earlier runs of this test whose process is gone.
-fn remove_stale() {
-    let mut prefixes = BTreeSet::new();
-    for ns in netns::namespaces(STALE_PREFIX).expect("ip netns list") {
-        let pid = ns.split('-').nth(1).unwrap_or_default();
-        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
-            prefixes.insert(format!("{STALE_PREFIX}{pid}-"));
-        }
-    }
-    for p in prefixes {
-        netns::remove_leftovers(&p).expect("removing stale namespaces");
-    }
-}
-
 /// The embedded default configuration with its own instance name, every `mac` and
 /// the tunnel source removed, and the ghost real server added.
 fn config(instance: &str) -> String {
@@ -132,7 +118,7 @@ impl Rig {
     fn new() -> Rig {
         // SAFETY: geteuid has no preconditions.
         assert_eq!(unsafe { libc::geteuid() }, 0, "the test needs root");
-        remove_stale();
+        netns::remove_stale(STALE_PREFIX).expect("removing leftovers of earlier runs");
         let daemon_bin = e2e::daemon();
         let prefix = format!("{STALE_PREFIX}{}-", std::process::id());
         let lab = Lab::build(&prefix, lb_daemon::EBPF_OBJECT).expect("building the topology");

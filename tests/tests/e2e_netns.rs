@@ -10,10 +10,7 @@ use tests::e2e;
 #[path = "../../xtask/src/netns.rs"]
 mod netns;
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    path::Path,
-};
+use std::collections::{BTreeMap, BTreeSet};
 
 use netns::{Lab, SERVERS, VIP, VIP_PORT};
 
@@ -21,17 +18,6 @@ use netns::{Lab, SERVERS, VIP, VIP_PORT};
 /// them, rs1 and rs2 a quarter: with 200, rs3 falls to either one's count with a
 /// probability of about 1e-5 (4.3 standard deviations).
 const REQUESTS: u32 = 200;
-
-/// Namespaces of earlier runs of this test whose process is gone.
-fn remove_stale() {
-    for ns in netns::namespaces("lbe2e-").expect("ip netns list") {
-        let pid = ns.split('-').nth(1).unwrap_or_default();
-        if !Path::new("/proc").join(pid).exists() {
-            let prefix = format!("lbe2e-{pid}-");
-            netns::remove_leftovers(&prefix).expect("removing stale namespaces");
-        }
-    }
-}
 
 /// The embedded default configuration with its own instance name, checked
 /// against the topology that netns.rs builds.
@@ -95,7 +81,7 @@ fn daemon_balances_real_connections_in_namespaces() {
         0,
         "the end-to-end test needs root"
     );
-    remove_stale();
+    netns::remove_stale("lbe2e-").expect("removing leftovers of earlier runs");
     let daemon = e2e::daemon();
     let prefix = format!("lbe2e-{}-", std::process::id());
     // The guard: dropped (namespaces, nginx, daemon removed) however the test ends.

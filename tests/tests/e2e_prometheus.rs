@@ -13,8 +13,12 @@
 //!   the numbers it shows equal the API's. A screenshot is saved to
 //!   `target/test-output/e2e_prometheus/stats.png`.
 //!
-//! Health series following a stopped backend are not tested: there are no health
-//! checks yet (every backend is reported UP). A drop guard removes the namespaces
+//! * Health: the service is checked over HTTP every second; rs2's nginx stops and
+//!   Prometheus sees rs2 go DOWN (lb_backend_up, lb_backend_state,
+//!   lb_service_backends, the failure, transition and duration series), then come back
+//!   once nginx runs again.
+//!
+//! A drop guard removes the namespaces
 //! and every process in them (daemon, nginx, prometheus, chromium), however the test
 //! ends. Needs root, nginx, curl, prometheus and chromium.
 
@@ -54,16 +58,6 @@ fn output_dir() -> PathBuf {
     d
 }
 
-/// Namespaces of earlier runs of this test whose process is gone.
-fn remove_stale() {
-    for ns in netns::namespaces("lbprom-").expect("ip netns list") {
-        let pid = ns.split('-').nth(1).unwrap_or_default();
-        if !Path::new("/proc").join(pid).exists() {
-            netns::remove_leftovers(&format!("lbprom-{pid}-")).expect("removing stale namespaces");
-        }
-    }
-}
-
 /// The embedded default configuration with the exporter on, and the socket and state
 /// file in the test's directory.
 fn config(instance: &str, dir: &Path) -> String {
@@ -81,9 +75,13 @@ fn config(instance: &str, dir: &Path) -> String {
         "state_file".into(),
         dir.join("lb.state.json").display().to_string().into(),
     );
-    let svc = &cfg["service"][0];
+    let svc = cfg["service"][0].as_table_mut().expect("[[service]]");
     assert_eq!(svc["address"].as_str(), Some(VIP));
     assert_eq!(svc["port"].as_integer(), Some(VIP_PORT.into()));
+    // HTTP checks every second: a stopped nginx is DOWN within about 3 s.
+    let health: toml::Table =
+        toml::from_str("type = \"http\"\ninterval = 1\ntimeout = 1\nfall = 2\nrise = 2\n").unwrap();
+    svc.insert("health".into(), health.into());
     toml::to_string(&cfg).expect("serializing the configuration")
 }
 
@@ -341,7 +339,7 @@ fn prometheus_and_the_stats_page_see_what_the_data_plane_did() {
         0,
         "the end-to-end test needs root"
     );
-    remove_stale();
+    netns::remove_stale("lbprom-").expect("removing leftovers of earlier runs");
     let daemon = e2e::daemon();
     let prefix = format!("lbprom-{}-", std::process::id());
     let mut lab = Lab::build(&prefix, lb_daemon::EBPF_OBJECT).expect("building the topology");
@@ -474,7 +472,7 @@ fn prometheus_and_the_stats_page_see_what_the_data_plane_did() {
             .flatten()
             .flat_map(|g| g["rules"].as_array().unwrap().iter())
             .collect();
-        rules.len() == 8 && rules.iter().all(|r| r["health"] == "ok")
+        rules.len() == 10 && rules.iter().all(|r| r["health"] == "ok")
     });
     assert!(
         query(&lab, "ALERTS").is_empty(),
@@ -515,6 +513,67 @@ fn prometheus_and_the_stats_page_see_what_the_data_plane_did() {
             .len()
                 == 1
         },
+    );
+
+    // Health: rs2's nginx stops; Prometheus sees it go DOWN, then come back.
+    let rs2 = SERVERS[1].addr;
+    let on_rs2 = |name: &str, extra: &str| format!(r#"{name}{{remote_address="{rs2}"{extra}}}"#);
+    let svc_backends =
+        |lab: &Lab, state: &str| scalar(lab, &format!(r#"lb_service_backends{{state="{state}"}}"#));
+    wait_for("every backend checked UP", Duration::from_secs(20), || {
+        scalar(&lab, &on_rs2("lb_backend_up", "")) == Some(1.0)
+            && scalar(&lab, &on_rs2("lb_backend_checks_total", "")) >= Some(2.0)
+            && svc_backends(&lab, "healthy") == Some(3.0)
+    });
+    assert_eq!(
+        scalar(&lab, &on_rs2("lb_backend_check_failures_total", "")),
+        Some(0.0)
+    );
+    lab.stop_nginx("rs2").expect("stopping rs2's nginx");
+    wait_for(
+        "Prometheus to see rs2 DOWN",
+        Duration::from_secs(20),
+        || {
+            scalar(&lab, &on_rs2("lb_backend_up", "")) == Some(0.0)
+                && scalar(&lab, &on_rs2("lb_backend_state", r#",state="DOWN""#)) == Some(1.0)
+                && svc_backends(&lab, "unhealthy") == Some(1.0)
+                && svc_backends(&lab, "healthy") == Some(2.0)
+        },
+    );
+    assert!(scalar(&lab, &on_rs2("lb_backend_check_failures_total", "")) >= Some(2.0));
+    assert_eq!(
+        scalar(&lab, &on_rs2("lb_backend_check_up_down_total", "")),
+        Some(1.0)
+    );
+    assert!(
+        scalar(
+            &lab,
+            r#"lb_health_check_failures_total{type="http",reason="refused"}"#
+        ) >= Some(2.0),
+        "{:?}",
+        query(&lab, "lb_health_check_failures_total")
+    );
+    assert_eq!(
+        scalar(&lab, r#"sum(lb_health_transitions_total{to="DOWN"})"#),
+        Some(1.0)
+    );
+    let checks = scalar(
+        &lab,
+        r#"lb_health_check_duration_seconds_count{type="http"}"#,
+    );
+    assert!(checks >= Some(6.0), "{checks:?}");
+    lab.restart_nginx("rs2").expect("starting rs2's nginx");
+    wait_for(
+        "Prometheus to see rs2 UP again",
+        Duration::from_secs(30),
+        || {
+            scalar(&lab, &on_rs2("lb_backend_up", "")) == Some(1.0)
+                && svc_backends(&lab, "healthy") == Some(3.0)
+        },
+    );
+    assert_eq!(
+        scalar(&lab, r#"sum(lb_health_transitions_total{from="DOWN"})"#),
+        Some(1.0)
     );
 
     // The live exposition in Prometheus text passes promtool's linter.

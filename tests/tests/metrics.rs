@@ -13,7 +13,10 @@ use std::{
 };
 
 use lb_common::Conn;
-use lb_daemon::metrics::{self, ConnReader, CounterTables, Metrics, NoChecks};
+use lb_daemon::{
+    health::Health,
+    metrics::{self, ConnReader, CounterTables, Metrics},
+};
 use tests::{
     lab::{Lab, XDP_DROP, XDP_PASS, XDP_TX},
     pkt::{self, L3, L4},
@@ -31,6 +34,8 @@ const CONFIG: &str = r#"
 address = "10.0.0.10"
 port = 80
 proto = "tcp"
+[service.health]
+type = "tcp"
 [[service.backends]]
 address = "10.1.0.1"
 mac = "02:00:00:00:01:01"
@@ -138,6 +143,8 @@ struct Tally {
 struct Run {
     lab: Lab,
     m: Arc<Metrics>,
+    /// The checker behind `m` (configured, no check running: results are reported).
+    health: Health,
     backends: BTreeMap<u8, Tally>,
 }
 
@@ -203,11 +210,18 @@ fn run() -> Run {
     let f = pkt::tcp("192.168.1.5", 4000, "10.0.0.20", 80);
     assert_eq!(lab.run(&f).unwrap().action, XDP_DROP);
 
-    let m = Arc::new(Metrics::new("test", Arc::new(NoChecks)));
+    let health = Health::new();
+    health.configure(&lab.state);
+    let m = Arc::new(Metrics::new("test", Arc::new(health.clone())));
     let reader = ConnReader::open(&lab.dp).expect("opening CONNS");
     let (gens, timeout) = metrics::conn_context(&lab.dp, &lab.proj, &lab.state).unwrap();
     m.set_conns(metrics::take_conn_snapshot(&reader, &gens, timeout).expect("snapshot"));
-    Run { lab, m, backends }
+    Run {
+        lab,
+        m,
+        health,
+        backends,
+    }
 }
 
 fn exposition(r: &Run, openmetrics: bool) -> String {
@@ -458,6 +472,7 @@ fn promtool_check_metrics_passes() {
     let r = run();
     r.m.record_api("unix", 200);
     r.m.record_apply(false);
+    report_checks(&r);
     let text = exposition(&r, false);
     let (ok, out) = promtool(&["check", "metrics"], Some(&text));
     assert!(
@@ -510,12 +525,101 @@ fn dashboard_queries(v: &serde_json::Value, out: &mut Vec<String>) {
     }
 }
 
+/// One passed check of 10.1.0.1 (0.3 ms) and one failed of 10.1.0.2 (3 ms, refused).
+fn report_checks(r: &Run) {
+    let web = r.lab.state.services[0].id();
+    let ms = |us| std::time::Duration::from_micros(us);
+    r.health.report(
+        (web, "10.1.0.1".parse().unwrap()),
+        true,
+        "connected".into(),
+        ms(300),
+        1,
+    );
+    r.health.report(
+        (web, "10.1.0.2".parse().unwrap()),
+        false,
+        "connection refused".into(),
+        ms(3000),
+        1,
+    );
+}
+
+#[test]
+fn health_series_follow_the_checker() {
+    let r = run();
+    report_checks(&r);
+    let text = exposition(&r, false);
+    let s = parse(&text);
+    let (b1, b2) = (
+        be("10.0.0.10", "80", "TCP", "10.1.0.1"),
+        be("10.0.0.10", "80", "TCP", "10.1.0.2"),
+    );
+    for (l, checks, failures, secs) in [(&b1, 1.0, 0.0, 0.0003), (&b2, 1.0, 1.0, 0.003)] {
+        assert_eq!(get(&s, "lb_backend_checks_total", l), checks);
+        assert_eq!(get(&s, "lb_backend_check_failures_total", l), failures);
+        assert_eq!(get(&s, "lb_backend_check_up_down_total", l), 0.0);
+        let d = get(&s, "lb_backend_check_duration_seconds", l);
+        assert!((d - secs).abs() < 1e-9, "{d} vs {secs}");
+    }
+    // The first failure of fall = 3: DOWN-WAIT, not yet DOWN.
+    let mut st = b2.clone();
+    st.push(("state", "DOWN-WAIT"));
+    assert_eq!(get(&s, "lb_backend_state", &st), 1.0);
+    assert_eq!(get(&s, "lb_backend_up", &b2), 0.0);
+    let mut h = svc("10.0.0.10", "80", "TCP");
+    h.push(("state", "unhealthy"));
+    assert_eq!(get(&s, "lb_service_backends", &h), 1.0);
+    assert_eq!(
+        get(
+            &s,
+            "lb_health_transitions_total",
+            &[("from", "UP"), ("to", "DOWN-WAIT")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            &s,
+            "lb_health_check_failures_total",
+            &[("type", "tcp"), ("reason", "refused")]
+        ),
+        1.0
+    );
+    let t = [("type", "tcp")];
+    assert_eq!(get(&s, "lb_health_check_duration_seconds_count", &t), 2.0);
+    let sum = get(&s, "lb_health_check_duration_seconds_sum", &t);
+    assert!((sum - 0.0033).abs() < 1e-9, "{sum}");
+    for (le, n) in [
+        ("0.0005", 1.0),
+        ("0.0025", 1.0),
+        ("0.005", 2.0),
+        ("+Inf", 2.0),
+    ] {
+        assert_eq!(
+            get(
+                &s,
+                "lb_health_check_duration_seconds_bucket",
+                &[("type", "tcp"), ("le", le)]
+            ),
+            n,
+            "le {le}"
+        );
+    }
+    // No MAC missing here (every real server has one configured).
+    assert_eq!(get(&s, "lb_backends_unresolved", &[]), 0.0);
+    assert_eq!(get(&s, "lb_mac_resolution_failures_total", &[]), 0.0);
+    let (ok, out) = promtool(&["check", "metrics"], Some(&text));
+    assert!(ok, "promtool check metrics:\n{out}\n{text}");
+}
+
 #[test]
 fn rules_and_dashboard_use_only_exported_series() {
     let r = run();
     // Series that exist only after an event: make each happen once.
     r.m.record_api("unix", 200);
     r.m.record_apply(false);
+    report_checks(&r);
     let exported: BTreeSet<String> = parse(&exposition(&r, false))
         .into_keys()
         .map(|(n, _)| n)

@@ -112,6 +112,23 @@ pub fn namespaces(prefix: &str) -> Result<Vec<String>> {
         .collect())
 }
 
+/// Removes the leftovers of earlier runs whose process is gone: namespaces named
+/// `<tag><pid>-…` (the tests' prefixes) with no process `<pid>` any more.
+#[allow(dead_code)] // the namespace tests' (they include this file); not the demo's
+pub fn remove_stale(tag: &str) -> Result<()> {
+    let mut prefixes = std::collections::BTreeSet::new();
+    for ns in namespaces(tag)? {
+        let pid = ns[tag.len()..].split('-').next().unwrap_or_default();
+        if !pid.is_empty() && !std::path::Path::new("/proc").join(pid).exists() {
+            prefixes.insert(format!("{tag}{pid}-"));
+        }
+    }
+    for p in prefixes {
+        remove_leftovers(&p)?;
+    }
+    Ok(())
+}
+
 fn signal(pid: u32, sig: libc::c_int) {
     // SAFETY: kill(2) on a pid we started (or that lives in one of our namespaces).
     unsafe { libc::kill(pid as libc::pid_t, sig) };
@@ -334,7 +351,8 @@ impl Lab {
         self.xdp = Some(ebpf);
 
         for s in &SERVERS {
-            self.start_nginx(s)?;
+            let child = self.start_nginx(s)?;
+            self.nginx.push(child);
         }
         // Ready when each answers the client directly (this also checks the bridge).
         let client = self.ns("client");
@@ -378,7 +396,34 @@ impl Lab {
         Ok(())
     }
 
-    fn start_nginx(&mut self, s: &Server) -> Result<()> {
+    #[allow(dead_code)] // with stop_nginx / restart_nginx: the tests'
+    fn server_index(name: &str) -> Result<usize> {
+        SERVERS
+            .iter()
+            .position(|s| s.name == name)
+            .with_context(|| format!("no real server {name}"))
+    }
+
+    /// Stops real server `name`'s nginx (SIGTERM, waited for).
+    #[allow(dead_code)]
+    pub fn stop_nginx(&mut self, name: &str) -> Result<()> {
+        let i = Self::server_index(name)?;
+        let child = self.nginx.get_mut(i).context("nginx not started")?;
+        stop(child, Duration::from_secs(5))?;
+        Ok(())
+    }
+
+    /// Starts real server `name`'s nginx again (after [`Lab::stop_nginx`]).
+    #[allow(dead_code)]
+    pub fn restart_nginx(&mut self, name: &str) -> Result<()> {
+        let i = Self::server_index(name)?;
+        let child = self.start_nginx(&SERVERS[i])?;
+        let mut old = std::mem::replace(&mut self.nginx[i], child);
+        stop(&mut old, Duration::from_secs(1))?;
+        Ok(())
+    }
+
+    fn start_nginx(&mut self, s: &Server) -> Result<Child> {
         let d = self.dir.join(s.name);
         fs::create_dir_all(&d)?;
         let d_str = d.display();
@@ -420,8 +465,7 @@ http {{
             .stderr(File::create(d.join("stderr.log"))?)
             .spawn()
             .context("starting nginx")?;
-        self.nginx.push(child);
-        Ok(())
+        Ok(child)
     }
 
     /// Starts `daemon args…` in the LB's namespace and waits until an XDP program is

@@ -47,6 +47,7 @@
 //! | `passive.down_after_reports` | 1 | DPVS `down-retry 1` |
 //! | `passive.down_wait` | 3 s | DPVS `down-wait 3` |
 //! | `passive.inhibit_min` / `inhibit_max` | 5 s / 3600 s | DPVS |
+//! | `passive.stuck_handshake_pct` / `stuck_handshake_min_flows` | 80 / 10 (TCP) | |
 
 use std::{
     fmt,
@@ -177,16 +178,23 @@ pub enum CheckType {
     None,
 }
 
-impl fmt::Display for CheckType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl CheckType {
+    /// The configuration's name of the type (also the exporter's `type` label).
+    pub const fn label(self) -> &'static str {
+        match self {
             CheckType::Tcp => "tcp",
             CheckType::Http => "http",
             CheckType::Https => "https",
             CheckType::Udp => "udp",
             CheckType::Exec => "exec",
             CheckType::None => "none",
-        })
+        }
+    }
+}
+
+impl fmt::Display for CheckType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
     }
 }
 
@@ -380,6 +388,13 @@ pub struct Passive {
     pub inhibit_min: Dur,
     /// The longest hold-down; 3600 s.
     pub inhibit_max: Dur,
+    /// TCP services: a backend for which at least this share (in %) of the new flows
+    /// of a sampling window never completed their handshake is reported; 0 turns it
+    /// off. Default 80. Catches what retransmitted SYNs don't: a backend answering
+    /// with RST (port closed), whose replies the LB never sees in DR/TUN mode.
+    pub stuck_handshake_pct: u32,
+    /// …counting only windows with at least this many new flows to the backend; 10.
+    pub stuck_handshake_min_flows: u32,
 }
 
 impl Default for Passive {
@@ -390,6 +405,8 @@ impl Default for Passive {
             down_wait: Dur::secs(3),
             inhibit_min: Dur::secs(5),
             inhibit_max: Dur::secs(3600),
+            stuck_handshake_pct: 80,
+            stuck_handshake_min_flows: 10,
         }
     }
 }
@@ -733,6 +750,15 @@ impl Service {
             }
             if p.inhibit_min.0 == 0 {
                 bail!("health.passive.inhibit_min: must be more than 0");
+            }
+            if p.stuck_handshake_pct > 100 {
+                bail!(
+                    "health.passive.stuck_handshake_pct: {} is above 100",
+                    p.stuck_handshake_pct
+                );
+            }
+            if p.stuck_handshake_min_flows == 0 {
+                bail!("health.passive.stuck_handshake_min_flows: must be at least 1");
             }
             if p.inhibit_min > p.inhibit_max {
                 bail!(

@@ -6,6 +6,8 @@
 //!   DOWN-WAIT / DOWN / UP-WARM with a doubling hold-down) and the per-service plan
 //!   (weights, fail-open), pure.
 //! - [`events`]: the transition log.
+//! - [`passive`]: the data plane's reports and counters as health inputs.
+//! - [`stats`]: check durations, failures by reason and transitions, for the exporter.
 //! - [`api`]: `GET /v1/health`, `GET /v1/events`.
 //!
 //! [`Health`] is the handle the runtime owns. Each actively checked backend has one
@@ -23,6 +25,8 @@ pub mod api;
 pub mod checks;
 pub mod events;
 pub mod machine;
+pub mod passive;
+pub mod stats;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -111,6 +115,8 @@ struct Inner {
     handle: Mutex<Option<tokio::runtime::Handle>>,
     /// |actual − scheduled| start of each check, in ms, when recording (benchmark).
     spread: Mutex<Option<Vec<f32>>>,
+    /// Check durations and failures by type, transitions: for the exporter.
+    stats: Mutex<stats::CheckStats>,
 }
 
 /// The health checker: cheap to clone, shared by the runtime, the API and the exporter.
@@ -142,6 +148,7 @@ impl Health {
                 out,
                 handle: Mutex::new(None),
                 spread: Mutex::new(None),
+                stats: Mutex::new(stats::CheckStats::default()),
             }),
         }
     }
@@ -391,6 +398,12 @@ impl Health {
         if !ok {
             e.failures += 1;
         }
+        let kind = e.check.as_ref().map_or("none", |c| c.kind.label());
+        self.inner
+            .stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .observe(kind, duration, (!ok).then_some(detail.as_str()));
         e.last = Some(LastResult {
             ok,
             detail: detail.clone(),
@@ -411,7 +424,9 @@ impl Health {
         }
         let svc = t.services.get(&key.0).cloned().unwrap_or_default();
         let mut log = self.inner.events.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stats = self.inner.stats.lock().unwrap_or_else(|e| e.into_inner());
         for x in ts {
+            stats.transition(x.from, x.to);
             let ev = log.push(
                 key.0.to_string(),
                 Some(key.1),
@@ -773,13 +788,22 @@ impl HealthSource for Health {
                     ok: l.ok,
                     unix_time: l.unix_time,
                     detail: l.detail.clone(),
+                    duration_seconds: l.duration_ms / 1000.0,
                 }),
+                checks: e.checks,
+                check_failures: e.failures,
+                downs: e.machine.downs(),
             },
-            None => BackendHealth {
-                state: HealthState::Up,
-                last_check: None,
-            },
+            None => BackendHealth::up(),
         }
+    }
+
+    fn totals(&self) -> crate::metrics::HealthTotals {
+        self.inner
+            .stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .totals()
     }
 }
 
@@ -789,6 +813,7 @@ impl HealthSource for Health {
 pub async fn start(shared: Arc<crate::api::Shared>) {
     let health = shared.rt.lock().await.health.clone();
     health.start_checks();
+    passive::start(shared.clone()).await;
     let mut rx = health.subscribe();
     tokio::spawn(async move {
         loop {
