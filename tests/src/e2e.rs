@@ -58,3 +58,38 @@ pub fn daemon() -> PathBuf {
         .get_or_init(|| binary("lb-daemon", "lb-daemon"))
         .clone()
 }
+
+/// The `lbctl` binary of the test's own profile. lb-ctl is no dependency of the
+/// tests, so the test executable's age says nothing about it (see [`binary`]): cargo
+/// is asked once per process (a no-op when it is fresh).
+pub fn lbctl() -> PathBuf {
+    static LBCTL: OnceLock<PathBuf> = OnceLock::new();
+    LBCTL
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("test executable path");
+            let profile_dir = exe
+                .parent()
+                .and_then(Path::parent)
+                .expect("target/<profile>/deps/<test>");
+            let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            c.current_dir(workspace())
+                .args(["build", "-p", "lb-ctl", "--bin", "lbctl", "--target-dir"])
+                .arg(profile_dir.parent().expect("target directory"));
+            match profile_dir.file_name().and_then(|p| p.to_str()) {
+                Some("debug") => {}
+                Some("release") => {
+                    c.arg("--release");
+                }
+                Some(p) => {
+                    c.args(["--profile", p]);
+                }
+                None => panic!("no profile directory in {}", exe.display()),
+            }
+            let status = c.status().expect("running cargo build");
+            assert!(status.success(), "{c:?} failed: {status}");
+            let path = profile_dir.join("lbctl");
+            assert!(path.exists(), "{c:?} did not produce {}", path.display());
+            path
+        })
+        .clone()
+}
