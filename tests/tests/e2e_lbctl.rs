@@ -47,8 +47,8 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray};
 use lb_common::{
-    BACKEND_F_VALID, Backend, CONN_F_ACK_SEEN, Conn, Counters, FlowKey, VIP_F_ADDR_MARKER,
-    VipKey, VipMeta, map_names as m,
+    BACKEND_F_VALID, Backend, CONN_F_ACK_SEEN, Conn, Counters, FlowKey, VIP_F_ADDR_MARKER, VipKey,
+    VipMeta, map_names as m,
     state::{Forward, Proto, Scheduler, ServiceId},
 };
 use lb_daemon::persist::Saved;
@@ -399,6 +399,12 @@ fn open_map(dir: &Path, name: &str) -> Result<Map> {
     Ok(Map::from_map_data(data)?)
 }
 
+/// A service's scheduler, persistence, sequence length and BACKENDS entries by address.
+type Normalized = (u32, u32, u32, Vec<(IpAddr, Backend)>);
+
+/// An invalid command line: arguments, standard input, exit status, what stderr says.
+type Refusal<'a> = (Vec<&'a str>, Option<&'a str>, i32, Vec<&'a str>);
+
 impl Dp {
     fn id_of(&self, svc: &ServiceId, real: IpAddr) -> Option<u32> {
         self.services.get(svc)?.reals.get(&real).map(|r| r.0)
@@ -458,7 +464,7 @@ impl Dp {
     /// What a save → clear → restore must preserve: everything but the ids and VIP
     /// indexes (which are allocated anew) and the Maglev slot positions (which follow
     /// from the ids); slot counts are compared separately.
-    fn normalized(&self) -> BTreeMap<ServiceId, (u32, u32, u32, Vec<(IpAddr, Backend)>)> {
+    fn normalized(&self) -> BTreeMap<ServiceId, Normalized> {
         self.services
             .iter()
             .map(|(id, s)| {
@@ -519,8 +525,7 @@ fn mismatches(dp: &Dp, model: &Model, ring: u32) -> Vec<String> {
             continue;
         };
         let at = s.id;
-        if d.meta.sched != s.sched.code() || d.meta.persist_secs != s.persist || d.meta.flags != 0
-        {
+        if d.meta.sched != s.sched.code() || d.meta.persist_secs != s.persist || d.meta.flags != 0 {
             bad.push(format!(
                 "{at}: VIPS entry {:?}, expected scheduler {:?} (code {}), persistence {}",
                 d.meta,
@@ -532,14 +537,14 @@ fn mismatches(dp: &Dp, model: &Model, ring: u32) -> Vec<String> {
         let addrs: BTreeSet<IpAddr> = s.reals.iter().map(|r| r.addr).collect();
         let installed: BTreeSet<IpAddr> = d.reals.keys().copied().collect();
         if addrs != installed {
-            bad.push(format!(
-                "{at}: backends {installed:?}, expected {addrs:?}"
-            ));
+            bad.push(format!("{at}: backends {installed:?}, expected {addrs:?}"));
             continue;
         }
         for r in &s.reals {
             let (id, b) = d.reals[&r.addr];
-            let IpAddr::V4(a) = r.addr else { unreachable!() };
+            let IpAddr::V4(a) = r.addr else {
+                unreachable!()
+            };
             let mut addr = [0u8; 16];
             addr[..4].copy_from_slice(&a.octets());
             let want = Backend {
@@ -579,9 +584,7 @@ fn mismatches(dp: &Dp, model: &Model, ring: u32) -> Vec<String> {
                 let empty = d.table.iter().filter(|id| **id == 0).count();
                 let want_empty = if total == 0 { ring as usize } else { 0 };
                 if empty != want_empty {
-                    bad.push(format!(
-                        "{at}: {empty} empty slots, expected {want_empty}"
-                    ));
+                    bad.push(format!("{at}: {empty} empty slots, expected {want_empty}"));
                 }
                 for r in &s.reals {
                     // Every real server gets its ideal share rounded down or up.
@@ -840,6 +843,24 @@ impl Rig {
         run_lbctl(&self.lbctl_bin, &self.sock, args, stdin)
     }
 
+    /// `args` with `--socket <the daemon's>` where `at` says, and LBCTL_SOCKET naming
+    /// a socket that does not exist: the flag must win, in either form.
+    #[track_caller]
+    fn ok_flag_socket(&self, args: &[&str], at: usize) -> String {
+        let sock = self.sock.to_str().unwrap();
+        let mut full: Vec<&str> = args.to_vec();
+        full.splice(at..at, ["--socket", sock]);
+        let nowhere = self.lab.dir.join("nowhere.sock");
+        let r = run_lbctl(&self.lbctl_bin, &nowhere, &full, None);
+        assert!(
+            r.code == 0 && r.stderr.is_empty(),
+            "lbctl {full:?}: exit {} stderr {:?}",
+            r.code,
+            r.stderr
+        );
+        r.stdout
+    }
+
     /// An lbctl command that must succeed silently on stderr; its stdout.
     #[track_caller]
     fn ok(&self, args: &[&str]) -> String {
@@ -940,7 +961,8 @@ impl Rig {
             }
         }
         dp.conns = conns.iter().collect::<Result<_, _>>()?;
-        dp.conns.sort_by_key(|(k, _)| (k.src, k.sport, k.dst, k.dport, k.proto));
+        dp.conns
+            .sort_by_key(|(k, _)| (k.src, k.sport, k.dst, k.dport, k.proto));
         Ok(dp)
     }
 
@@ -1029,7 +1051,12 @@ impl Rig {
         let out = self
             .lab
             .client("curl")
-            .args(["-sS", "--max-time", "3", &format!("http://{VIP}:{VIP_PORT}/")])
+            .args([
+                "-sS",
+                "--max-time",
+                "3",
+                &format!("http://{VIP}:{VIP_PORT}/"),
+            ])
             .output()
             .expect("running curl");
         !out.status.success()
@@ -1071,6 +1098,7 @@ impl Rig {
     }
 }
 
+/// Runs lbctl with `LBCTL_SOCKET=sock` (the argument may name another with --socket).
 fn run_lbctl(bin: &Path, sock: &Path, args: &[&str], stdin: Option<&str>) -> Run {
     let mut child = Command::new(bin)
         .args(args)
@@ -1135,7 +1163,10 @@ fn quiet<T: PartialEq>(read: impl Fn() -> T, list: impl Fn() -> String) -> (T, S
 /// `"%-33s %8s %8s %8s %8s %8s\n"` with "Prot LocalAddress:Port" first.
 fn counters_header(titles: [&str; 5]) -> String {
     let [a, b, c, d, e] = titles;
-    format!("{:<33} {a:>8} {b:>8} {c:>8} {d:>8} {e:>8}\n", "Prot LocalAddress:Port")
+    format!(
+        "{:<33} {a:>8} {b:>8} {c:>8} {d:>8} {e:>8}\n",
+        "Prot LocalAddress:Port"
+    )
 }
 
 fn share(hits: &BTreeMap<String, usize>, name: &str) -> f64 {
@@ -1166,7 +1197,16 @@ fn changes_reach_the_maps_and_the_traffic() {
     // --- Subcommand form: a Maglev service with two tunnelled servers, 3:1.
     rig.ok(&["service", "add", web_s]);
     model.add_svc(web, Scheduler::Mh, 0);
-    rig.ok(&["backend", "add", web_s, "10.100.0.11", "-w", "3", "-f", "tun"]);
+    rig.ok(&[
+        "backend",
+        "add",
+        web_s,
+        "10.100.0.11",
+        "-w",
+        "3",
+        "-f",
+        "tun",
+    ]);
     rig.ok(&[
         "backend",
         "add",
@@ -1188,6 +1228,8 @@ fn changes_reach_the_maps_and_the_traffic() {
         (0.62..=0.88).contains(&s1),
         "weight 3:1 should give rs1 about 75% of new connections: {hits:?}"
     );
+
+    route_predicts_traffic(&rig);
 
     // --- ipvsadm form: a third server by direct routing, weights edited.
     rig.ok(&["-a", "-t", web_s, "-r", "10.100.0.13", "-g", "-w", "2"]);
@@ -1211,7 +1253,11 @@ fn changes_reach_the_maps_and_the_traffic() {
     let hits = rig.curl(100);
     eprintln!("rs3 drained, 100 new connections: {hits:?}");
     assert_eq!(names(&hits), BTreeSet::from(["rs1", "rs2"]), "{hits:?}");
-    assert_eq!(on_rs3.get(), "rs3", "the established flow left the drained rs3");
+    assert_eq!(
+        on_rs3.get(),
+        "rs3",
+        "the established flow left the drained rs3"
+    );
     let dp = rig.dp();
     let entry = dp.conns.iter().find(|(k, _)| *k == on_rs3.flow());
     assert_eq!(
@@ -1286,7 +1332,10 @@ fn changes_reach_the_maps_and_the_traffic() {
     eprintln!("lbctl -L -n --stats --exact:\n{stats}");
     let vc = dp.vip_counters(&web);
     assert_eq!(vc.new_conns, 30, "new connections counted: {vc:?}");
-    assert!(vc.packets >= 30 * 4 && vc.bytes >= vc.packets * 40, "{vc:?}");
+    assert!(
+        vc.packets >= 30 * 4 && vc.bytes >= vc.packets * 40,
+        "{vc:?}"
+    );
     for s in &SERVERS {
         let c = dp.backend_counters(&web, v4(s.addr));
         assert_eq!(
@@ -1309,13 +1358,19 @@ fn changes_reach_the_maps_and_the_traffic() {
     rig.ok(&["-d", "-t", web_s, "-r", "10.100.0.12"]);
     model.del_real(web, "10.100.0.12");
     let dp = rig.check(&model, "rs2 deleted");
-    assert!(!dp.valid.contains(&rs2_id), "BACKENDS[{rs2_id}] still valid");
+    assert!(
+        !dp.valid.contains(&rs2_id),
+        "BACKENDS[{rs2_id}] still valid"
+    );
     let hits = rig.curl(60);
     assert_eq!(names(&hits), BTreeSet::from(["rs1", "rs3"]), "{hits:?}");
     rig.ok(&["backend", "del", web_s, "10.100.0.11"]);
     model.del_real(web, "10.100.0.11");
     let dp = rig.check(&model, "rs1 deleted");
-    assert!(!dp.valid.contains(&rs1_id), "BACKENDS[{rs1_id}] still valid");
+    assert!(
+        !dp.valid.contains(&rs1_id),
+        "BACKENDS[{rs1_id}] still valid"
+    );
     let hits = rig.curl(30);
     assert_eq!(names(&hits), BTreeSet::from(["rs3"]), "{hits:?}");
     rig.ok(&["backend", "add", web_s, "10.100.0.11", "-f", "tun"]);
@@ -1327,7 +1382,16 @@ fn changes_reach_the_maps_and_the_traffic() {
     let dns = udp(VIP, 53);
     rig.ok(&["-A", "-u", &format!("{VIP}:53"), "-s", "sh"]);
     model.add_svc(dns, Scheduler::Sh, 0);
-    rig.ok(&["-a", "-u", &format!("{VIP}:53"), "-r", "10.100.0.11", "-i", "-w", "5"]);
+    rig.ok(&[
+        "-a",
+        "-u",
+        &format!("{VIP}:53"),
+        "-r",
+        "10.100.0.11",
+        "-i",
+        "-w",
+        "5",
+    ]);
     rig.ok(&[
         "backend",
         "add",
@@ -1341,7 +1405,11 @@ fn changes_reach_the_maps_and_the_traffic() {
     let app = tcp("10.100.0.101", 8080);
     rig.ok(&["service", "add", "10.100.0.101:8080", "-s", "wrr", "-p"]);
     model.add_svc(app, Scheduler::Wrr, 300);
-    for (real, w) in [("10.100.0.11", "3"), ("10.100.0.12", "1"), ("10.100.0.13", "0")] {
+    for (real, w) in [
+        ("10.100.0.11", "3"),
+        ("10.100.0.12", "1"),
+        ("10.100.0.13", "0"),
+    ] {
         rig.ok(&["-a", "-t", "10.100.0.101:8080", "-r", real, "-g", "-w", w]);
         model.add_real(app, real, Forward::Dr, w.parse().unwrap());
     }
@@ -1357,11 +1425,19 @@ fn changes_reach_the_maps_and_the_traffic() {
     rig.check(&model, "service edit -p 0");
     rig.ok(&["-E", "-t", "10.100.0.101:8080", "-p"]);
     (model.svc(app).sched, model.svc(app).persist) = (Scheduler::Mh, 300);
-    rig.check(&model, "-E -p: ipvsadm's defaults for what is not given (mh)");
+    rig.check(
+        &model,
+        "-E -p: ipvsadm's defaults for what is not given (mh)",
+    );
 
     // --- Save → clear → restore.
     let saved = rig.ok(&["-S", "-n"]);
     assert_eq!(saved, model.save_text());
+    assert_eq!(
+        rig.ok_flag_socket(&["-S", "-n"], 2),
+        saved,
+        "-S -n --socket"
+    );
     assert_eq!(rig.ok(&["save"]), saved, "lbctl save");
     let before = rig.check(&model, "before the round trip");
     rig.ok(&["-C"]);
@@ -1396,7 +1472,11 @@ fn changes_reach_the_maps_and_the_traffic() {
         }
     }
     let hits = rig.curl(60);
-    assert_eq!(names(&hits), BTreeSet::from(["rs1", "rs2", "rs3"]), "{hits:?}");
+    assert_eq!(
+        names(&hits),
+        BTreeSet::from(["rs1", "rs2", "rs3"]),
+        "{hits:?}"
+    );
 
     // --- Service deletions: the UDP service (-D), then the app (service del).
     rig.ok(&["-D", "-u", &format!("{VIP}:53")]);
@@ -1408,6 +1488,56 @@ fn changes_reach_the_maps_and_the_traffic() {
 
     rig.shutdown_unload();
     eprintln!("test took {:?}", t0.elapsed());
+}
+
+/// `lbctl route` says where a new flow from a given client port goes (Maglev's
+/// 5-tuple hash); curl from exactly that port lands there, and afterwards the route
+/// comes from the connection table. Ports below the ephemeral range: no earlier flow.
+fn route_predicts_traffic(rig: &Rig) {
+    let vip = format!("{VIP}:{VIP_PORT}");
+    let route = |port: u16| -> (String, String) {
+        let client = format!("{CLIENT_ADDR}:{port}");
+        let out = rig.ok_flag_socket(&["route", &client, &vip], 1);
+        let field = |k: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .unwrap_or_else(|| panic!("no {k:?} in {out:?}"))
+                .to_owned()
+        };
+        (field("backend: "), field("why: "))
+    };
+    let mut seen = BTreeSet::new();
+    for port in 20000..20016u16 {
+        let (backend, why) = route(port);
+        assert!(why.contains("5-tuple hash"), "port {port}: {why}");
+        let server = SERVERS
+            .iter()
+            .find(|s| s.addr == backend)
+            .unwrap_or_else(|| panic!("route to {backend:?}"));
+        let out = rig
+            .lab
+            .client("curl")
+            .args(["-sS", "--max-time", "3", "--local-port"])
+            .arg(port.to_string())
+            .arg(format!("http://{vip}/"))
+            .output()
+            .expect("running curl");
+        let body = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert_eq!(
+            body,
+            server.name,
+            "port {port}: lbctl route said {backend} ({why}); curl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (again, why) = route(port);
+        assert_eq!(
+            (again.as_str(), why.as_str()),
+            (backend.as_str(), "connection table entry"),
+            "port {port} after the connection"
+        );
+        seen.insert(server.name);
+    }
+    eprintln!("lbctl route predicted 16 flows, on {seen:?}");
 }
 
 /// `-L -n -c` against the CONNS map: header, one row per entry, same contents.
@@ -1430,7 +1560,13 @@ fn check_conns(out: &str, dp: &Dp) {
             "expire {} in {l:?}",
             c[1]
         );
-        got.push((c[0], c[2], c[3].to_owned(), c[4].to_owned(), c[5].to_owned()));
+        got.push((
+            c[0],
+            c[2],
+            c[3].to_owned(),
+            c[4].to_owned(),
+            c[5].to_owned(),
+        ));
     }
     let owner: BTreeMap<u32, (ServiceId, IpAddr)> = dp
         .services
@@ -1446,9 +1582,9 @@ fn check_conns(out: &str, dp: &Dp) {
             (lb_common::PROTO_TCP, false) => ("TCP", "SYN_RECV"),
             _ => ("UDP", "UDP"),
         };
-        let dest = owner
-            .get(&c.backend)
-            .map_or("-".to_owned(), |(_, a)| SocketAddr::new(*a, vip.port()).to_string());
+        let dest = owner.get(&c.backend).map_or("-".to_owned(), |(_, a)| {
+            SocketAddr::new(*a, vip.port()).to_string()
+        });
         want.push((
             proto,
             state,
@@ -1461,7 +1597,8 @@ fn check_conns(out: &str, dp: &Dp) {
     want.sort();
     assert_eq!(got, want, "-L -n -c rows vs the CONNS map");
     assert!(
-        got.iter().all(|r| r.2.starts_with(&format!("{CLIENT_ADDR}:"))),
+        got.iter()
+            .all(|r| r.2.starts_with(&format!("{CLIENT_ADDR}:"))),
         "{got:?}"
     );
 }
@@ -1496,7 +1633,10 @@ fn rate_under_load(rig: &Rig, web: &ServiceId) {
     let m1 = made.load(Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
     load.join().unwrap().expect("the load thread's connections");
-    eprintln!("lbctl -L -n --rate ({} connections meanwhile):\n{rate}", m1 - m0);
+    eprintln!(
+        "lbctl -L -n --rate ({} connections meanwhile):\n{rate}",
+        m1 - m0
+    );
     let mut lines = rate.lines();
     assert!(
         lines
@@ -1537,7 +1677,10 @@ fn rate_under_load(rig: &Rig, web: &ServiceId) {
         .take_while(|l| l.starts_with("  -> "))
         .map(|l| l.split_whitespace().nth(2).unwrap().parse::<u64>().unwrap())
         .sum();
-    assert!(reals.abs_diff(cps) <= 3, "backend CPS {reals} vs {cps}:\n{rate}");
+    assert!(
+        reals.abs_diff(cps) <= 3,
+        "backend CPS {reals} vs {cps}:\n{rate}"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -1602,15 +1745,19 @@ fn lvs_model() -> Model {
 
 /// The warnings lbctl must print for [`LVS_SAVE`], one per wlc service.
 fn lvs_warnings() -> String {
-    [(1, "tcp 10.100.0.100:80"), (5, "tcp 10.100.0.100:443"), (18, "udp 10.100.0.120:514")]
-        .iter()
-        .map(|(line, svc)| {
-            format!(
-                "lbctl: warning: line {line}: service {svc}: scheduler wlc is not available yet: \
+    [
+        (1, "tcp 10.100.0.100:80"),
+        (5, "tcp 10.100.0.100:443"),
+        (18, "udp 10.100.0.120:514"),
+    ]
+    .iter()
+    .map(|(line, svc)| {
+        format!(
+            "lbctl: warning: line {line}: service {svc}: scheduler wlc is not available yet: \
                  using mh (Maglev consistent hashing) instead\n"
-            )
-        })
-        .collect()
+        )
+    })
+    .collect()
 }
 
 #[test]
@@ -1635,7 +1782,7 @@ fn ipvsadm_import_and_refusals() {
     let too_many: String = (1..=16)
         .map(|i| format!("-A -t 10.100.1.{i}:80 -s rr\n"))
         .collect();
-    let cases: Vec<(Vec<&str>, Option<&str>, i32, Vec<&str>)> = vec![
+    let cases: Vec<Refusal> = vec![
         // Usage errors (2): what the form cannot express or a value out of range.
         (
             vec!["-A", "-t", "10.100.0.201:80", "-m"],
@@ -1746,7 +1893,14 @@ fn ipvsadm_import_and_refusals() {
             vec!["-x (connection thresholds) is not supported"],
         ),
         (
-            vec!["backend", "add", k, "10.100.0.12", "--mac", "zz:00:00:00:00:00"],
+            vec![
+                "backend",
+                "add",
+                k,
+                "10.100.0.12",
+                "--mac",
+                "zz:00:00:00:00:00",
+            ],
             None,
             2,
             vec!["--mac", "not a hex byte"],
@@ -1853,7 +2007,10 @@ fn ipvsadm_import_and_refusals() {
         let what = format!("lbctl {}", args.join(" "));
         eprintln!("{what}: exit {} {}", r.code, r.stderr.trim());
         if r.code != *code {
-            failures.push(format!("{what}: exit {}, expected {code}: {}", r.code, r.stderr));
+            failures.push(format!(
+                "{what}: exit {}, expected {code}: {}",
+                r.code, r.stderr
+            ));
         }
         if !r.stderr.starts_with("lbctl: ") || !r.stdout.is_empty() {
             failures.push(format!(
@@ -1869,7 +2026,11 @@ fn ipvsadm_import_and_refusals() {
             failures.push(format!("{what}: the state file changed"));
         }
     }
-    assert!(failures.is_empty(), "refused command lines:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "refused command lines:\n{}",
+        failures.join("\n")
+    );
     assert_eq!(rig.ok(&["-S", "-n"]), save_before);
     rig.check(&model, "after the refused command lines");
 
@@ -1907,7 +2068,11 @@ fn ipvsadm_import_and_refusals() {
     // Persistence (-p 300) in the data plane: every new connection of the client
     // sticks to one real server.
     let hits = rig.curl(20);
-    assert_eq!(hits.len(), 1, "-p 300: one client, one real server: {hits:?}");
+    assert_eq!(
+        hits.len(),
+        1,
+        "-p 300: one client, one real server: {hits:?}"
+    );
     // The listing of the imported table.
     sleep(Duration::from_millis(300));
     let (dp, list) = quiet(|| rig.dp(), || rig.ok(&["-L", "-n"]));
