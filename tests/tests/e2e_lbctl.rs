@@ -1317,9 +1317,10 @@ fn changes_reach_the_maps_and_the_traffic() {
     rig.ok(&["backend", "edit", web_s, "10.100.0.12", "--weight", "1"]);
     model.real(web, "10.100.0.12").weight = 1;
     rig.check(&model, "rs2 w1 and rs3 w3 again");
+    // Closed now so that their last packets are counted before -Z, not after.
     drop(on_rs2);
     drop(on_rs3);
-    sleep(Duration::from_millis(200));
+    sleep(Duration::from_millis(500));
 
     // --- Counters: -Z, then 30 connections; --stats matches curl and the maps.
     rig.ok(&["-Z"]);
@@ -1667,7 +1668,8 @@ fn rate_under_load(rig: &Rig, web: &ServiceId) {
         "CPS {cps} with {} connections during the sample",
         m1 - m0
     );
-    assert!(inpps >= cps && inbps >= inpps * 40, "{row}");
+    // Every packet is at least 40 bytes (IPv4 + TCP headers); rates are rounded.
+    assert!(inpps >= cps && inbps + 40 >= inpps * 40, "{row}");
     assert_eq!((outpps, outbps), (0, 0), "{row}");
     // The real servers' CPS add up to the service's (each rounded).
     let reals: u64 = rate
