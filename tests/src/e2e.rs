@@ -18,41 +18,77 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// `target/<profile>/<bin>` of `package` for this test executable's own profile
-/// (`target/<profile>/deps/<test>-…`), built first if missing or older than this test
-/// (which is rebuilt whenever the daemon's library changes).
-pub fn binary(package: &str, bin: &str) -> PathBuf {
+/// This test executable's profile directory (it is `target/<profile>/deps/<test>-…`).
+fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
+    exe.parent()
         .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>");
-    let path = profile_dir.join(bin);
-    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    if matches!((mtime(&path), mtime(&exe)), (Some(d), Some(t)) if d >= t) {
-        return path;
-    }
-    let profile = profile_dir
-        .file_name()
-        .and_then(|p| p.to_str())
-        .expect("profile directory name");
+        .expect("target/<profile>/deps/<test>")
+        .to_path_buf()
+}
+
+/// `cargo build` of `bin` of `package` into `profile_dir`'s profile; its path.
+fn build(package: &str, bin: &str, profile_dir: &Path) -> PathBuf {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(workspace())
-        .args(["build", "-p", package, "--target-dir"])
+        .args(["build", "-p", package, "--bin", bin, "--target-dir"])
         .arg(profile_dir.parent().expect("target directory"));
-    match profile {
-        "debug" => {}
-        "release" => {
+    match profile_dir.file_name().and_then(|p| p.to_str()) {
+        Some("debug") => {}
+        Some("release") => {
             c.arg("--release");
         }
-        p => {
+        Some(p) => {
             c.args(["--profile", p]);
         }
+        None => panic!("no profile directory name in {}", profile_dir.display()),
     }
     let status = c.status().expect("running cargo build");
     assert!(status.success(), "{c:?} failed: {status}");
+    let path = profile_dir.join(bin);
     assert!(path.exists(), "{c:?} did not produce {}", path.display());
     path
+}
+
+/// The newest modification time of the sources a binary of ours is built from: the
+/// crates it can depend on, and Cargo.lock.
+fn newest_source() -> Option<std::time::SystemTime> {
+    fn walk(p: &Path, newest: &mut Option<std::time::SystemTime>) {
+        let Ok(meta) = std::fs::metadata(p) else {
+            return;
+        };
+        if meta.is_dir() {
+            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                walk(&e.path(), newest);
+            }
+        } else if let Ok(t) = meta.modified() {
+            *newest = (*newest).max(Some(t));
+        }
+    }
+    let root = workspace();
+    let mut newest = None;
+    walk(&root.join("Cargo.lock"), &mut newest);
+    for krate in ["lb-common", "lb-ebpf", "lb-daemon", "lb-ctl"] {
+        for part in ["src", "Cargo.toml", "build.rs"] {
+            walk(&root.join(krate).join(part), &mut newest);
+        }
+    }
+    newest
+}
+
+/// `target/<profile>/<bin>` of `package` for this test executable's own profile,
+/// built first if missing or older than its sources. (Not "older than this test":
+/// `cargo test` links the test after the binaries, and a `cargo build -p` made for
+/// nothing selects other dependency features than the workspace's `cargo test` and
+/// rebuilds part of the dependency tree.)
+pub fn binary(package: &str, bin: &str) -> PathBuf {
+    let profile_dir = profile_dir();
+    let path = profile_dir.join(bin);
+    let built = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+    if built.is_some() && built >= newest_source() {
+        return path;
+    }
+    build(package, bin, &profile_dir)
 }
 
 /// The `lb-daemon` binary (see [`binary`]); checked once per process.
@@ -145,4 +181,10 @@ pub fn wait_for(what: &str, limit: f64, mut ok: impl FnMut() -> bool) -> f64 {
         );
         sleep(Duration::from_millis(50));
     }
+}
+
+/// The `lbctl` binary (see [`binary`]); checked once per process.
+pub fn lbctl() -> PathBuf {
+    static LBCTL: OnceLock<PathBuf> = OnceLock::new();
+    LBCTL.get_or_init(|| binary("lb-ctl", "lbctl")).clone()
 }

@@ -288,7 +288,7 @@ fn health_checks_take_backends_out_and_back_in_namespaces() {
     );
     netns::remove_stale("lbhc-").expect("removing leftovers of earlier runs");
     let daemon = e2e::binary("lb-daemon", "lb-daemon");
-    let lbctl = e2e::binary("lb-ctl", "lbctl");
+    let lbctl = e2e::lbctl();
     let prefix = format!("lbhc-{}-", std::process::id());
     let mut lab = Lab::build(&prefix, lb_daemon::EBPF_OBJECT).expect("building the topology");
     let _servers = TestServers::start(&lab);
