@@ -38,6 +38,14 @@ pub const VIP_F_ADDR_MARKER: u32 = 1;
 /// `Conn::flags`
 pub const CONN_F_SYN_SEEN: u32 = 1;
 pub const CONN_F_ACK_SEEN: u32 = 2;
+/// The client sent a FIN (IPVS's FIN_WAIT): closing, counted inactive.
+pub const CONN_F_FIN_SEEN: u32 = 4;
+/// The client sent a RST (IPVS's CLOSE): closing, counted inactive.
+pub const CONN_F_RST_SEEN: u32 = 8;
+/// An entry whose client sent FIN or RST pins its flow for this long after its last
+/// packet (IPVS's FIN_WAIT timeout, 2 min), not the whole connection timeout: a closed
+/// connection neither holds its backend nor counts for it for 15 minutes.
+pub const CONN_CLOSING_TIMEOUT_SECS: u64 = 120;
 
 /// `Ctrl::flags`: derive the tunnel's outer source address from the flow
 /// (prefix + flow hash) so that real servers' NICs spread flows over queues.

@@ -100,6 +100,44 @@ pub struct Conn {
 }
 assert_size!(Conn, 24);
 
+impl Conn {
+    /// The client sent FIN or RST.
+    pub const fn closing(&self) -> bool {
+        self.flags & (crate::CONN_F_FIN_SEEN | crate::CONN_F_RST_SEEN) != 0
+    }
+
+    /// IPVS's ActiveConn: ESTABLISHED (the client's ACK seen, no FIN or RST since);
+    /// every other entry is an InActConn.
+    pub const fn is_active(&self) -> bool {
+        self.flags & crate::CONN_F_ACK_SEEN != 0 && !self.closing()
+    }
+
+    /// How long the entry pins its flow after its last packet, given the configured
+    /// connection timeout.
+    pub fn timeout_secs(&self, conn_timeout_secs: u64) -> u64 {
+        if self.closing() {
+            conn_timeout_secs.min(crate::CONN_CLOSING_TIMEOUT_SECS)
+        } else {
+            conn_timeout_secs
+        }
+    }
+
+    /// ipvsadm -L -c's state, as far as the client side shows it.
+    pub const fn state(&self, proto: u8) -> &'static str {
+        if proto != crate::PROTO_TCP {
+            "UDP"
+        } else if self.flags & crate::CONN_F_RST_SEEN != 0 {
+            "CLOSE"
+        } else if self.flags & crate::CONN_F_FIN_SEEN != 0 {
+            "FIN_WAIT"
+        } else if self.flags & crate::CONN_F_ACK_SEEN != 0 {
+            "ESTABLISHED"
+        } else {
+            "SYN_RECV"
+        }
+    }
+}
+
 /// PERSIST key: (VIP, client address), as ipvsadm's persistent templates.
 #[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -604,14 +604,18 @@ fn list(c: &Ctx, req: ListRequest) -> Res {
                 vip: d.vip,
                 // DR and tunnels keep the destination port.
                 backend: d.backend.map(|b| SocketAddr::new(b, d.vip.port())),
-                state: match (d.proto, d.established) {
-                    (Proto::Udp, _) => "UDP",
-                    (Proto::Tcp, true) => "ESTABLISHED",
-                    (Proto::Tcp, false) => "SYN_RECV",
-                }
-                .to_string(),
-                expires: timeout
-                    .map(|t| u32::try_from(t.saturating_sub(d.idle_secs)).unwrap_or(u32::MAX)),
+                state: d.state.unwrap_or_else(|| {
+                    match (d.proto, d.established) {
+                        (Proto::Udp, _) => "UDP",
+                        (Proto::Tcp, true) => "ESTABLISHED",
+                        (Proto::Tcp, false) => "SYN_RECV",
+                    }
+                    .to_string()
+                }),
+                expires: d
+                    .expires_secs
+                    .or_else(|| timeout.map(|t| t.saturating_sub(d.idle_secs)))
+                    .map(|e| u32::try_from(e).unwrap_or(u32::MAX)),
             })
             .collect();
         write_out(&ops::format_conns(&conns));
@@ -664,11 +668,17 @@ struct DaemonConn {
     vip: SocketAddr,
     #[serde(default)]
     backend: Option<IpAddr>,
-    /// The client's ACK was seen.
+    /// The client's ACK was seen, and no FIN or RST since.
     #[serde(default)]
     established: bool,
+    /// SYN_RECV, ESTABLISHED, FIN_WAIT, CLOSE, UDP (older daemons: absent).
+    #[serde(default)]
+    state: Option<String>,
     #[serde(default)]
     idle_secs: u64,
+    /// Older daemons: absent (then conn_timeout − idle_secs).
+    #[serde(default)]
+    expires_secs: Option<u64>,
 }
 
 fn stats(c: &Ctx, exact: bool) -> Res {

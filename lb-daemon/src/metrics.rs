@@ -68,7 +68,7 @@ use axum::{
     routing::get,
 };
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapInfo};
-use lb_common::{CONN_F_ACK_SEEN, Conn, Counters, FlowKey, Reason};
+use lb_common::{Conn, Counters, FlowKey, Reason};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _, LabelSetEncoder},
@@ -233,8 +233,9 @@ pub struct ConnSnapshot {
 impl ConnSnapshot {
     /// Counts `conns` as IPVS does: an entry is a live connection of its backend while it
     /// still pins the flow (idle less than `timeout_ns`, made in its VIP's current
-    /// generation, `gens`: VIP index → generation); it is active once the client's ACK
-    /// was seen (ESTABLISHED), inactive before. Stale entries only take room.
+    /// generation, `gens`: VIP index → generation; closing entries idle out after
+    /// CONN_CLOSING_TIMEOUT_SECS); it is active while ESTABLISHED (client ACK seen, no
+    /// FIN or RST since), inactive otherwise. Stale entries only take room.
     pub fn count(
         conns: &[Conn],
         gens: &HashMap<u32, u32>,
@@ -244,13 +245,14 @@ impl ConnSnapshot {
     ) -> Self {
         let mut by_backend: HashMap<u32, (u64, u64)> = HashMap::new();
         for c in conns {
-            let live = now_ns.saturating_sub(c.last_seen_ns) < timeout_ns
+            let timeout = c.timeout_secs(timeout_ns / 1_000_000_000) * 1_000_000_000;
+            let live = now_ns.saturating_sub(c.last_seen_ns) < timeout
                 && gens.get(&c.vip_idx) == Some(&c.vip_gen);
             if !live {
                 continue;
             }
             let e = by_backend.entry(c.backend).or_default();
-            if c.flags & CONN_F_ACK_SEEN != 0 {
+            if c.is_active() {
                 e.0 += 1;
             } else {
                 e.1 += 1;

@@ -417,6 +417,7 @@ impl Runtime {
             }
         }
         let now = coarse_now_ns();
+        let timeout = u64::from(self.cfg.daemon.conn_timeout);
         let mut out: Vec<ConnEntry> = self
             .dp
             .conns()
@@ -432,8 +433,12 @@ impl Runtime {
                 vip: SocketAddr::new(ip_of(&k.dst, k.family), u16::from_be(k.dport)),
                 backend: by_id.get(&c.backend).copied(),
                 backend_id: c.backend,
-                established: c.flags & lb_common::CONN_F_ACK_SEEN != 0,
+                established: c.is_active(),
+                state: c.state(k.proto),
                 idle_secs: now.saturating_sub(c.last_seen_ns) / 1_000_000_000,
+                expires_secs: c
+                    .timeout_secs(timeout)
+                    .saturating_sub(now.saturating_sub(c.last_seen_ns) / 1_000_000_000),
             })
             .collect();
         out.sort_by_key(|e| (e.vip, e.client));
@@ -581,9 +586,14 @@ pub struct ConnEntry {
     pub vip: SocketAddr,
     pub backend: Option<IpAddr>,
     pub backend_id: u32,
-    /// The client's ACK was seen (handshake done, as far as the LB can tell).
+    /// ESTABLISHED: the client's ACK was seen (handshake done, as far as the LB can
+    /// tell) and no FIN or RST since.
     pub established: bool,
+    /// ipvsadm -L -c's state: SYN_RECV, ESTABLISHED, FIN_WAIT, CLOSE (or UDP).
+    pub state: &'static str,
     pub idle_secs: u64,
+    /// Seconds until it stops pinning its flow (closing entries: at most 2 minutes).
+    pub expires_secs: u64,
 }
 
 fn ip_of(a: &[u8; 16], family: u8) -> IpAddr {

@@ -90,8 +90,8 @@ pub fn reasons_table(dp: &DataPlane) -> Result<String> {
 }
 
 /// The API's view of the counters: per service and backend, plus counters by reason.
-/// Active/inactive connections come from the connection table: an entry whose client
-/// ACK was seen is active (ESTABLISHED), any other is inactive, as in IPVS.
+/// Active/inactive connections come from the connection table: ESTABLISHED entries
+/// (client ACK seen, no FIN or RST since) are active, any other inactive, as in IPVS.
 pub fn stats_view(rt: &crate::runtime::Runtime) -> Result<lb_common::ops::StatsView> {
     use std::collections::HashMap;
 
@@ -99,7 +99,7 @@ pub fn stats_view(rt: &crate::runtime::Runtime) -> Result<lb_common::ops::StatsV
     let mut active: HashMap<u32, (u64, u64)> = HashMap::new();
     for (_, c) in rt.dp.conns() {
         let e = active.entry(c.backend).or_default();
-        if c.flags & lb_common::CONN_F_ACK_SEEN != 0 {
+        if c.is_active() {
             e.0 += 1;
         } else {
             e.1 += 1;

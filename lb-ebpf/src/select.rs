@@ -3,9 +3,9 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use lb_common::{
-    BACKEND_F_VALID, Backend, CONN_F_ACK_SEEN, CONN_F_SYN_SEEN, CTRL_F_HAS_WILDCARD, Conn, Ctrl,
-    FlowKey, NO_BACKEND, PersistKey, PersistVal, Reason, SCHED_RR, SCHED_SH, SCHED_WRR, VipKey,
-    VipMeta,
+    BACKEND_F_VALID, Backend, CONN_F_ACK_SEEN, CONN_F_FIN_SEEN, CONN_F_RST_SEEN, CONN_F_SYN_SEEN,
+    CTRL_F_HAS_WILDCARD, Conn, Ctrl, FlowKey, NO_BACKEND, PersistKey, PersistVal, Reason, SCHED_RR,
+    SCHED_SH, SCHED_WRR, VipKey, VipMeta,
     hash::{addr_filter_bit, flow_hash, slot, src_hash},
 };
 
@@ -13,7 +13,9 @@ use crate::counters;
 use crate::maps::{BACKENDS, CONNS, MAGLEV, PERSIST, RR_STATE, VIP_FILTER, VIP_GEN, VIPS};
 
 const NS: u64 = 1_000_000_000;
+const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 const BPF_ANY: u64 = 0;
 const BPF_NOEXIST: u64 = 1;
@@ -98,7 +100,7 @@ pub fn established(
     let c = CONNS.get_ptr_mut(flow)?;
     let c = unsafe { &mut *c };
     let idle = now.wrapping_sub(c.last_seen_ns);
-    if idle >= ctrl.conn_timeout_secs as u64 * NS
+    if idle >= c.timeout_secs(ctrl.conn_timeout_secs as u64) * NS
         || VIP_GEN.get(c.vip_idx).copied() != Some(c.vip_gen)
         || backend(c.backend).is_none()
     {
@@ -115,6 +117,13 @@ pub fn established(
             if c.flags & CONN_F_SYN_SEEN != 0 {
                 counters::handshake(c.backend);
             }
+        }
+        // The client closes (FIN) or aborts (RST): IPVS's FIN_WAIT / CLOSE, an
+        // inactive entry that pins its flow only CONN_CLOSING_TIMEOUT_SECS more.
+        let closing = ((tcp_flags & TCP_FIN != 0) as u32 * CONN_F_FIN_SEEN)
+            | ((tcp_flags & TCP_RST != 0) as u32 * CONN_F_RST_SEEN);
+        if closing & !c.flags != 0 {
+            c.flags |= closing;
         }
     }
     Some(Choice {

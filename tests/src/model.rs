@@ -26,10 +26,10 @@ use etherparse::{
     icmpv4::DestUnreachableHeader,
 };
 use lb_common::{
-    BACKEND_F_VALID, Backend, CONN_F_ACK_SEEN, CONN_F_SYN_SEEN, CTRL_F_SRC_FROM_FLOW, Ctrl,
-    FAMILY_V4, FAMILY_V6, FlowKey, FragKey, MODE_DR, MODE_TUN_GUE, NO_BACKEND, PROTO_ICMP,
-    PROTO_ICMPV6, PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP, PersistKey, REASON_SLOTS, Reason,
-    SCHED_RR, SCHED_SH, SCHED_WRR, VIP_F_ADDR_MARKER, VipKey, VipMeta,
+    BACKEND_F_VALID, Backend, CONN_F_ACK_SEEN, CONN_F_FIN_SEEN, CONN_F_RST_SEEN, CONN_F_SYN_SEEN,
+    CTRL_F_SRC_FROM_FLOW, Ctrl, FAMILY_V4, FAMILY_V6, FlowKey, FragKey, MODE_DR, MODE_TUN_GUE,
+    NO_BACKEND, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP, PersistKey,
+    REASON_SLOTS, Reason, SCHED_RR, SCHED_SH, SCHED_WRR, VIP_F_ADDR_MARKER, VipKey, VipMeta,
     hash::{flow_hash, slot, src_hash},
 };
 use lb_daemon::bpf_maps::DataPlane;
@@ -41,7 +41,9 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const IPV6_FRAG: u8 = 44;
+const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 /// TTL / hop limit of every header the LB writes.
 const TTL: u8 = 64;
@@ -194,7 +196,8 @@ pub struct Traffic {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Effect {
     ConnInsert(FlowKey, ConnEntry),
-    ConnAckSeen(FlowKey),
+    /// Flags the entry gains (the client's first ACK, its FIN or RST).
+    ConnFlags(FlowKey, u32),
     Persist(PersistKey, u32),
     Frag(FragKey, FragEntry),
     RrAdvance(u32, u32),
@@ -529,9 +532,9 @@ impl Model {
                 Effect::ConnInsert(k, c) => {
                     self.conns.insert(*k, *c);
                 }
-                Effect::ConnAckSeen(k) => {
+                Effect::ConnFlags(k, f) => {
                     if let Some(c) = self.conns.get_mut(k) {
-                        c.flags |= CONN_F_ACK_SEEN;
+                        c.flags |= f;
                     }
                 }
                 Effect::Persist(k, b) => {
@@ -731,7 +734,19 @@ impl Model {
             return None;
         }
         if track && tcp_flags & TCP_ACK != 0 && c.flags & CONN_F_ACK_SEEN == 0 {
-            cx.fx.push(Effect::ConnAckSeen(*flow));
+            cx.fx.push(Effect::ConnFlags(*flow, CONN_F_ACK_SEEN));
+        }
+        let closing = if tcp_flags & TCP_FIN != 0 {
+            CONN_F_FIN_SEEN
+        } else {
+            0
+        } | if tcp_flags & TCP_RST != 0 {
+            CONN_F_RST_SEEN
+        } else {
+            0
+        };
+        if track && closing & !c.flags != 0 {
+            cx.fx.push(Effect::ConnFlags(*flow, closing));
         }
         Some(Choice {
             id: c.backend,

@@ -47,8 +47,8 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray};
 use lb_common::{
-    BACKEND_F_VALID, Backend, CONN_F_ACK_SEEN, Conn, Counters, FlowKey, VIP_F_ADDR_MARKER, VipKey,
-    VipMeta, map_names as m,
+    BACKEND_F_VALID, Backend, Conn, Counters, FlowKey, VIP_F_ADDR_MARKER, VipKey, VipMeta,
+    map_names as m,
     state::{Forward, Proto, Scheduler, ServiceId},
 };
 use lb_daemon::persist::Saved;
@@ -411,7 +411,7 @@ impl Dp {
     }
 
     /// (ActiveConn, InActConn) of a real server: its entries in the connection table,
-    /// with and without the client's ACK seen.
+    /// ESTABLISHED (client ACK seen, no FIN or RST since) or not.
     fn conn_counts(&self, svc: &ServiceId, real: IpAddr) -> (u64, u64) {
         let Some(id) = self.id_of(svc, real) else {
             return (0, 0);
@@ -420,7 +420,7 @@ impl Dp {
             .iter()
             .filter(|(_, c)| c.backend == id)
             .fold((0, 0), |(a, i), (_, c)| {
-                if c.flags & CONN_F_ACK_SEEN != 0 {
+                if c.is_active() {
                     (a + 1, i)
                 } else {
                     (a, i + 1)
@@ -1556,8 +1556,14 @@ fn check_conns(out: &str, dp: &Dp) {
         assert_eq!(c.len(), 6, "row {l:?}");
         let (mm, ss) = c[1].split_once(':').expect("expire mm:ss");
         let secs = mm.parse::<u32>().unwrap() * 60 + ss.parse::<u32>().unwrap();
+        // Closing entries (FIN_WAIT, CLOSE) pin their flow 2 minutes at most.
+        let limit = if matches!(c[2], "FIN_WAIT" | "CLOSE") {
+            lb_common::CONN_CLOSING_TIMEOUT_SECS as u32
+        } else {
+            900
+        };
         assert!(
-            secs <= 900 && ss.len() == 2 && mm.len() >= 2,
+            secs <= limit && ss.len() == 2 && mm.len() >= 2,
             "expire {} in {l:?}",
             c[1]
         );
@@ -1578,11 +1584,12 @@ fn check_conns(out: &str, dp: &Dp) {
     for (k, c) in &dp.conns {
         let ip = |b: &[u8; 16]| IpAddr::from([b[0], b[1], b[2], b[3]]);
         let vip = SocketAddr::new(ip(&k.dst), u16::from_be(k.dport));
-        let (proto, state) = match (k.proto, c.flags & CONN_F_ACK_SEEN != 0) {
-            (lb_common::PROTO_TCP, true) => ("TCP", "ESTABLISHED"),
-            (lb_common::PROTO_TCP, false) => ("TCP", "SYN_RECV"),
-            _ => ("UDP", "UDP"),
+        let proto = if k.proto == lb_common::PROTO_TCP {
+            "TCP"
+        } else {
+            "UDP"
         };
+        let state = c.state(k.proto);
         let dest = owner.get(&c.backend).map_or("-".to_owned(), |(_, a)| {
             SocketAddr::new(*a, vip.port()).to_string()
         });

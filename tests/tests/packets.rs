@@ -880,6 +880,51 @@ fn retransmitted_syn_is_counted_and_reported_once_per_interval() {
     assert_eq!(l.dp.backend_counters(bid).unwrap().handshakes, 1);
 }
 
+/// `f` (IPv4, no options) with its TCP flags byte replaced.
+fn with_tcp_flags(mut f: Vec<u8>, flags: u8) -> Vec<u8> {
+    f[14 + 20 + 13] = flags;
+    f
+}
+
+#[test]
+fn fin_and_rst_make_an_entry_inactive_and_short_lived() {
+    let mut l = lab("dr", "mh");
+    let conn = |l: &Lab, sport: u16| {
+        let e: Vec<_> =
+            l.dp.conns()
+                .into_iter()
+                .filter(|(k, _)| u16::from_be(k.sport) == sport)
+                .collect();
+        assert_eq!(e.len(), 1, "{e:?}");
+        e[0].1
+    };
+    for (sport, flags, state) in [(4100u16, 0x11u8, "FIN_WAIT"), (4101, 0x04, "CLOSE")] {
+        let syn = pkt::tcp("192.168.1.5", sport, "10.0.0.10", 80);
+        let b = l.run(&syn).unwrap().out[5];
+        let ack = pkt::tcp_ack("192.168.1.5", sport, "10.0.0.10", 80);
+        assert_eq!(l.run(&ack).unwrap().out[5], b);
+        let c = conn(&l, sport);
+        assert!(c.is_active(), "{c:?}");
+        assert_eq!(c.state(lb_common::PROTO_TCP), "ESTABLISHED");
+        assert_eq!(c.timeout_secs(900), 900);
+        // The client closes: still forwarded to its backend, now inactive.
+        let close = with_tcp_flags(ack.clone(), flags);
+        let r = l.run(&close).unwrap();
+        assert_eq!((r.action, r.out[5]), (XDP_TX, b), "{state}");
+        let c = conn(&l, sport);
+        assert!(!c.is_active(), "{state}: {c:?}");
+        assert_eq!(c.state(lb_common::PROTO_TCP), state);
+        assert_eq!(
+            c.timeout_secs(900),
+            lb_common::CONN_CLOSING_TIMEOUT_SECS,
+            "{state}"
+        );
+        // Later segments (the peer's FIN's ACK) stay on the backend and keep the flag.
+        assert_eq!(l.run(&ack).unwrap().out[5], b);
+        assert_eq!(conn(&l, sport).state(lb_common::PROTO_TCP), state);
+    }
+}
+
 #[test]
 fn syn_on_an_established_entry_is_scheduled_afresh() {
     let mut l = lab("dr", "mh");
