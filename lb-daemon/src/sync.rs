@@ -424,9 +424,13 @@ impl Projector {
                 }
             };
             // Real servers that left: out of the table first, invalidated afterwards.
+            // (A set, not a scan of the backends per id: 1,000 backends would make
+            // that a million comparisons.)
+            let staying: std::collections::BTreeSet<IpAddr> =
+                svc.backends.iter().map(|r| r.address).collect();
             let leaving: Vec<(IpAddr, u32)> = ids
                 .iter()
-                .filter(|(a, _)| !svc.backends.iter().any(|r| r.address == **a))
+                .filter(|(a, _)| !staying.contains(*a))
                 .map(|(a, b)| (*a, *b))
                 .collect();
             for (a, _) in &leaving {
