@@ -80,6 +80,42 @@ impl Drop for SlotMem {
     }
 }
 
+/// The MAGLEV array's tables (see [`DataPlane::tables`]).
+#[derive(Clone, Copy)]
+pub struct Tables<'a> {
+    slots: &'a [AtomicU32],
+    ring: usize,
+}
+
+impl<'a> Tables<'a> {
+    fn slots(&self, idx: u32) -> &'a [AtomicU32] {
+        let start = idx as usize * self.ring;
+        &self.slots[start..start + self.ring]
+    }
+
+    /// Makes VIP `idx`'s table equal `new` (shorter: the rest is emptied), writing only
+    /// the slots that differ. Each slot write is atomic, so a packet sees the old or the
+    /// new backend of its slot, never garbage. Returns how many slots were written.
+    pub fn write(&self, idx: u32, new: &[u32]) -> usize {
+        let slots = self.slots(idx);
+        let (head, tail) = slots.split_at(new.len().min(slots.len()));
+        let mut written = 0;
+        let mut put = |s: &AtomicU32, v: u32| {
+            if s.load(Ordering::Relaxed) != v {
+                s.store(v, Ordering::Relaxed);
+                written += 1;
+            }
+        };
+        for (s, &v) in head.iter().zip(new) {
+            put(s, v);
+        }
+        for s in tail {
+            put(s, 0);
+        }
+        written
+    }
+}
+
 /// The programs in the object, all verified at load.
 pub const PROGRAMS: [&str; 4] = ["xdp_lb", "xdp_decap", "xdp_floor", "xdp_pass"];
 
@@ -232,25 +268,22 @@ impl DataPlane {
     }
 
     fn table_slots(&self, idx: u32) -> &[AtomicU32] {
-        let n = self.cap.ring_size as usize;
-        let start = idx as usize * n;
-        &self.slots.slots()[start..start + n]
+        self.tables().slots(idx)
     }
 
-    /// Makes VIP `idx`'s table equal `new` (shorter: the rest is emptied), writing only the
-    /// slots that differ. Each slot write is atomic, so a packet sees the old or the new
-    /// backend of its slot, never garbage. Returns how many slots were written.
+    /// Makes VIP `idx`'s table equal `new`: see [`Tables::write`].
     pub fn write_table(&self, idx: u32, new: &[u32]) -> usize {
-        let slots = self.table_slots(idx);
-        let mut written = 0;
-        for (i, s) in slots.iter().enumerate() {
-            let v = new.get(i).copied().unwrap_or(0);
-            if s.load(Ordering::Relaxed) != v {
-                s.store(v, Ordering::Relaxed);
-                written += 1;
-            }
+        self.tables().write(idx, new)
+    }
+
+    /// The lookup tables alone, as a handle that worker threads can share: each
+    /// VIP's table is a separate range of the mapping, so threads writing
+    /// different VIPs' tables never touch the same slot.
+    pub fn tables(&self) -> Tables<'_> {
+        Tables {
+            slots: self.slots.slots(),
+            ring: self.cap.ring_size as usize,
         }
-        written
     }
 
     /// Makes VIP_FILTER equal `bits` (VIP_FILTER_WORDS words), writing changed words only.

@@ -398,6 +398,15 @@ fn main() -> Result<()> {
     if std::env::var_os(bench_health::LISTENERS_ENV).is_some() {
         return bench_health::listeners_main();
     }
+    // `LB_BENCH_ONLY=control_plane`: only the control-plane figures, printed, nothing
+    // written (for profiling the apply path without the rest of the bench).
+    if std::env::var("LB_BENCH_ONLY").as_deref() == Ok("control_plane") {
+        let (apply_ms, change_ms, change_slots) = control_plane()?;
+        println!(
+            "apply 1000x10: {apply_ms:.1} ms; one backend change of 1000: {change_ms:.2} ms ({change_slots} slots)"
+        );
+        return Ok(());
+    }
     let root = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| ".".into()));
     let docs = root.join("docs");
     std::fs::create_dir_all(&docs)?;
