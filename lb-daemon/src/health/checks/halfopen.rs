@@ -237,8 +237,9 @@ impl HalfOpen {
         let source = self.source_for(target)?;
         let isn: u32 = rand::random();
         let slot = self.take_port(target, isn).await;
-        let syn = syn_segment(source, target, slot.key.2, isn);
-        self.send(fd, &syn, source, target).await?;
+        let (buf, len) = syn_packet(source, target, slot.key.2, isn);
+        let syn = &buf[..len];
+        self.send(fd, syn, source, target).await?;
         let mut rto = FIRST_RTO;
         let mut since_sent = Duration::ZERO;
         loop {
@@ -252,7 +253,7 @@ impl HalfOpen {
                     self.ensure_receiver();
                 }
                 () = tokio::time::sleep(rto), if resend => {
-                    self.send(fd, &syn, source, target).await?;
+                    self.send(fd, syn, source, target).await?;
                     since_sent += rto;
                     rto *= 2;
                 }
@@ -643,7 +644,21 @@ fn drain_errors(engine: &HalfOpen, fd: RawFd, v6: bool) {
             let sin: libc::sockaddr_in = unsafe { std::ptr::read((&raw const name).cast()) };
             IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)))
         };
-        engine.on_icmp(remote, &data[..(n as usize).min(data.len())], detail);
+        // The original packet from its IP header (IP_HDRINCL/IPV6_HDRINCL sockets).
+        let orig = &data[..(n as usize).min(data.len())];
+        let tcp = if v6 {
+            // Our SYNs have no extension headers.
+            match orig.get(6) {
+                Some(&6) => &orig[40.min(orig.len())..],
+                _ => continue,
+            }
+        } else {
+            match orig.first() {
+                Some(b) => &orig[(usize::from(b & 0x0f) * 4).min(orig.len())..],
+                None => continue,
+            }
+        };
+        engine.on_icmp(remote, tcp, detail);
     }
     let mut e: libc::c_int = 0;
     let mut len = size_of::<libc::c_int>() as libc::socklen_t;
@@ -835,10 +850,14 @@ fn raw_socket(family: libc::c_int, lo: u16, hi: u16) -> io::Result<OwnedFd> {
         filter: prog.as_ptr().cast_mut(),
     };
     setsockopt(raw, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog)?;
+    // We write the IP header: without it the kernel corks each send under the socket
+    // lock, held through the whole loopback delivery, and concurrent senders sleep on it.
     if v6 {
         setsockopt(raw, libc::IPPROTO_IPV6, libc::IPV6_RECVERR, &1i32)?;
+        setsockopt(raw, libc::IPPROTO_IPV6, libc::IPV6_HDRINCL, &1i32)?;
     } else {
         setsockopt(raw, libc::IPPROTO_IP, libc::IP_RECVERR, &1i32)?;
+        setsockopt(raw, libc::IPPROTO_IP, libc::IP_HDRINCL, &1i32)?;
     }
     // Room for bursts (10,000 checks a second); FORCE needs CAP_NET_ADMIN, else the
     // sysctl maximum applies.
@@ -858,7 +877,53 @@ fn raw_socket(family: libc::c_int, lo: u16, hi: u16) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Our SYN from `source`:`lport` to `target`, checksummed.
+/// Our SYN with its IP header (the sockets are IP_HDRINCL/IPV6_HDRINCL): the buffer
+/// and its length.
+fn syn_packet(source: IpAddr, target: SocketAddr, lport: u16, isn: u32) -> ([u8; 64], usize) {
+    let mut p = [0u8; 64];
+    let tcp = syn_segment(source, target, lport, isn);
+    let ip_len = match (source, target.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            p[0] = 0x45;
+            p[2..4].copy_from_slice(&((20 + SYN_LEN) as u16).to_be_bytes());
+            // id 0: the kernel picks one; don't fragment, as TCP.
+            p[6] = 0x40;
+            p[8] = 64;
+            p[9] = libc::IPPROTO_TCP as u8;
+            p[12..16].copy_from_slice(&s.octets());
+            p[16..20].copy_from_slice(&d.octets());
+            let c = ipv4_header_checksum(&p[..20]);
+            p[10..12].copy_from_slice(&c.to_be_bytes());
+            20
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            p[0] = 0x60;
+            p[4..6].copy_from_slice(&(SYN_LEN as u16).to_be_bytes());
+            p[6] = libc::IPPROTO_TCP as u8;
+            p[7] = 64;
+            p[8..24].copy_from_slice(&s.octets());
+            p[24..40].copy_from_slice(&d.octets());
+            40
+        }
+        // The source comes from a route lookup of the target: same family.
+        _ => unreachable!("source and target of one family"),
+    };
+    p[ip_len..ip_len + SYN_LEN].copy_from_slice(&tcp);
+    (p, ip_len + SYN_LEN)
+}
+
+fn ipv4_header_checksum(h: &[u8]) -> u16 {
+    let mut sum: u32 = h
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Our SYN's TCP part from `source`:`lport` to `target`, checksummed.
 fn syn_segment(source: IpAddr, target: SocketAddr, lport: u16, isn: u32) -> [u8; SYN_LEN] {
     let mut s = [0u8; SYN_LEN];
     s[0..2].copy_from_slice(&lport.to_be_bytes());
@@ -1115,6 +1180,13 @@ mod tests {
         let seg6 = syn_segment(src6, dst6, 40001, 7);
         assert_eq!(tcp_checksum(src6, dst6.ip(), &seg6), 0);
         assert_eq!(&seg6[20..24], &[2, 4, 0x05, 0xa0], "MSS 1440");
+        // The IPv4 header's checksum verifies too.
+        let (p, len) = syn_packet(src, dst, 40000, 0x0102_0304);
+        assert_eq!(len, 44);
+        assert_eq!(ipv4_header_checksum(&p[..20]), 0);
+        assert_eq!(&p[20..44], &seg);
+        let (p6, len6) = syn_packet(src6, dst6, 40001, 7);
+        assert_eq!((len6, p6[6], &p6[40..64]), (64, 6, &seg6[..]));
     }
 
     #[test]
@@ -1199,11 +1271,12 @@ mod tests {
             for corrupt in [true, false] {
                 let isn: u32 = rand::random();
                 let slot = engine.take_port(a, isn).await;
-                let mut syn = syn_segment(src, a, slot.key.2, isn);
+                let (mut syn, len) = syn_packet(src, a, slot.key.2, isn);
                 if corrupt {
-                    syn[17] ^= 0x5a;
+                    // The TCP checksum, after the 20-byte IPv4 header.
+                    syn[20 + 17] ^= 0x5a;
                 }
-                engine.send(fd, &syn, src, a).await.unwrap();
+                engine.send(fd, &syn[..len], src, a).await.unwrap();
                 let answered =
                     tokio::time::timeout(Duration::from_millis(300), slot.waiter.wake.notified())
                         .await
