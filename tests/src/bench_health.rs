@@ -41,6 +41,9 @@ pub struct HealthBench {
     /// The kernel's floor on this machine: 10,000 blocking connect + RST-close a second
     /// from one thread with no runtime at all, % of one core.
     pub floor_pct: f64,
+    /// The half-open engine alone: 10,000 probes a second, one after the other, on a
+    /// current-thread runtime in one thread (no health state machines), % of one core.
+    pub half_open_floor_pct: Option<f64>,
 }
 
 /// One run of the checker in one tcp mode.
@@ -218,6 +221,42 @@ fn floor_per_connect(ports: &[u16]) -> Result<f64> {
     .map_err(|_| anyhow::anyhow!("floor thread panicked"))?
 }
 
+/// CPU seconds per half-open probe of the listeners, one after the other, through an
+/// engine of its own on a current-thread runtime in one thread.
+fn floor_per_half_open_probe(ports: &[u16]) -> Result<Option<f64>> {
+    use lb_daemon::health::checks::halfopen::{Answer, HalfOpen};
+    let targets: Vec<std::net::SocketAddr> = ADDRS
+        .iter()
+        .flat_map(|a| {
+            ports
+                .iter()
+                .map(move |p| format!("{a}:{p}").parse().unwrap())
+        })
+        .collect();
+    std::thread::spawn(move || -> Result<Option<f64>> {
+        const N: usize = 20_000;
+        let Ok(engine) = HalfOpen::new() else {
+            return Ok(None);
+        };
+        let engine = std::sync::Arc::new(engine);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let (u0, s0) = rusage_of(libc::RUSAGE_THREAD);
+            for i in 0..N {
+                let t = targets[i % targets.len()];
+                let a = engine.probe(t, Duration::from_secs(1)).await?;
+                ensure!(a == Answer::Open, "{t}: {a:?}");
+            }
+            let (u1, s1) = rusage_of(libc::RUSAGE_THREAD);
+            Ok(Some((u1 - u0 + s1 - s0) / N as f64))
+        })
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("half-open floor thread panicked"))?
+}
+
 fn percentile(sorted: &[f32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -228,17 +267,21 @@ fn percentile(sorted: &[f32], p: f64) -> f64 {
 
 /// Both modes, the default one first, then the floor.
 pub fn run() -> Result<HealthBench> {
-    let (default_mode, _) = run_mode(TcpMode::default(), false)?;
-    let (connect, floor) = run_mode(TcpMode::Connect, true)?;
+    let (default_mode, half_open_floor) = run_mode(TcpMode::HalfOpen)?;
+    let (connect, floor) = run_mode(TcpMode::Connect)?;
+    let floor = floor.context("the connect floor")?;
     Ok(HealthBench {
         default_mode,
         connect,
         floor_pct: floor * BACKENDS as f64 * 100.0,
+        half_open_floor_pct: half_open_floor.map(|f| f * BACKENDS as f64 * 100.0),
     })
 }
 
-/// One run in `mode` (and the floor's CPU seconds per connect, if asked).
-fn run_mode(mode: TcpMode, floor: bool) -> Result<(ModeRun, f64)> {
+/// One run in `mode`, and the CPU seconds per operation of its floor: a blocking
+/// connect for `connect`, a probe of the half-open engine alone for `half-open` (None
+/// when raw sockets are not available).
+fn run_mode(mode: TcpMode) -> Result<(ModeRun, Option<f64>)> {
     let mut child = Command::new(std::env::current_exe()?)
         .env(LISTENERS_ENV, "1")
         .stdin(Stdio::piped())
@@ -316,10 +359,9 @@ fn run_mode(mode: TcpMode, floor: bool) -> Result<(ModeRun, f64)> {
         })
     });
     drop(rt);
-    let floor = if floor {
-        floor_per_connect(&ports)?
-    } else {
-        0.0
+    let floor = match mode {
+        TcpMode::Connect => Some(floor_per_connect(&ports)?),
+        TcpMode::HalfOpen => floor_per_half_open_probe(&ports)?,
     };
     drop(child.stdin.take());
     line.clear();
@@ -351,12 +393,16 @@ pub fn markdown(h: &HealthBench, machine: &str, date: &str) -> String {
          | start-time error p50 / p99 / max | {:.2} / {:.2} / {:.2} ms | {:.2} / {:.2} / {:.2} ms | |\n\
          | failed checks | {} | {} | 0 |\n\
          | connections the listeners accepted | {} | {} | 0 for half-open |\n\
-         | kernel floor: 10,000 blocking connect + close a second, one thread, no runtime | | {:.1} | |\n\n\
-         A connect costs what the floor shows whoever makes it: on loopback the whole handshake of \
-         both ends (SYN, SYN-ACK, the listener's child socket, the RST) is processed in the \
-         connecting thread's softirq. A half-open check is one sendmsg of a SYN; the SYN-ACK and \
-         the kernel's RST are processed in the same softirq, no socket is created, and the replies \
-         (only those: a BPF filter on the raw socket) are read in batches by one task.\n\n",
+         | floor: the same work alone, one thread (connect: blocking connect + close, no runtime; \
+         half-open: the engine's probes one after the other on a current-thread runtime) | {} | {:.1} | |\n\n\
+         On loopback the backend's side of every exchange runs in the sending thread's softirq and \
+         is charged to the checker: for a connect, the whole handshake of both ends (SYN, SYN-ACK, \
+         the listener's child socket, the RST); for a half-open check, the listener's SYN handling \
+         and SYN-ACK and our kernel's RST to it (in a perf profile of the half-open run, about 40% \
+         of the process's samples). Against remote backends that share is theirs. A half-open \
+         check itself is one sendmsg of a SYN (IP_HDRINCL, so concurrent sends do not serialize on \
+         the socket lock), no socket, and a share of the reads of the one receive task (the \
+         raw socket's BPF filter passes only SYN-ACKs and RSTs to the reserved source ports).\n\n",
         WARMUP.as_secs(),
         d.mode,
         c.mode,
@@ -380,6 +426,8 @@ pub fn markdown(h: &HealthBench, machine: &str, date: &str) -> String {
         c.failures,
         d.accepted,
         c.accepted,
+        h.half_open_floor_pct
+            .map_or_else(|| "n/a".to_string(), |f| format!("{f:.1}")),
         h.floor_pct,
     )
 }
@@ -418,6 +466,7 @@ pub fn write(
         "connect_checks_per_sec": c.checks_per_sec.round(),
         "connect_failures": c.failures,
         "kernel_floor_cpu_pct": r1(h.floor_pct),
+        "half_open_floor_cpu_pct": h.half_open_floor_pct.map(r1),
         "machine": machine,
         "date": date,
     });
