@@ -19,8 +19,11 @@
 //!   of a given target at a time; past [`POOL_PORTS`] checks of one target at once,
 //!   the next waits for a port.
 //! - The source address is the one the kernel would use for the destination (a
-//!   connected UDP socket's local address, cached for [`ROUTE_TTL`]); it is both in
-//!   the checksum's pseudo-header and given to `sendmsg` (IP_PKTINFO/IPV6_PKTINFO).
+//!   connected UDP socket's local address, cached for [`ROUTE_TTL`]); it is in the
+//!   IP header and the checksum's pseudo-header, and given to `sendmsg` for the route
+//!   (IP_PKTINFO/IPV6_PKTINFO). The sockets are IP_HDRINCL/IPV6_HDRINCL: otherwise
+//!   the kernel builds each packet under the socket lock, held through the whole
+//!   loopback delivery, and checks sent from two worker threads sleep on it.
 //! - A classic BPF filter on each raw socket lets through only SYN-ACKs and RSTs to
 //!   the pool's ports: without it the daemon would get a copy of every TCP segment
 //!   the host receives.
