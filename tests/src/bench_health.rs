@@ -1,12 +1,16 @@
 //! The health checker under load (included by bench.rs): 10,000 backends with TCP
 //! checks every second against local listeners, on the daemon's own runtime shape
-//! (tokio, 2 worker threads), for `SECONDS` after a warm-up.
+//! (tokio, 2 worker threads), for `SECONDS` after a warm-up; once in the default tcp
+//! mode (`half-open`: a raw SYN, the SYN-ACK reset by the kernel) and once with
+//! `mode = "connect"`.
 //!
 //! The listeners (4 addresses × 2 ports on 127.0.0.x, accept-and-close) run in a child
 //! process (this binary again, with `LB_BENCH_HEALTH_LISTENERS` set), so that the CPU
 //! measured with getrusage(RUSAGE_SELF) is the checker's: its tasks and timers, the
-//! connects and closes (with the kernel's share of the loopback handshake charged to
-//! the connecting side). The spread is |actual − scheduled| start time of every check.
+//! SYNs, connects and closes (with the kernel's share of the loopback handshake
+//! charged to the sending side). The spread is |actual − scheduled| start time of every
+//! check. The listener process reports how many connections it accepted: none, for
+//! half-open checks.
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -17,7 +21,8 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use lb_common::state::{
-    CheckParams, CheckType, Dur, Proto, RealServer, Service, ServiceHealth, State,
+    CheckParams, CheckType, Dur, Proto, RealServer, Service, ServiceHealth, State, TcpCheck,
+    TcpMode,
 };
 use lb_daemon::health::Health;
 
@@ -29,6 +34,22 @@ const ADDRS: [&str; 4] = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"];
 const PORTS: usize = 2;
 
 pub struct HealthBench {
+    /// The default tcp mode (half-open).
+    pub default_mode: ModeRun,
+    /// `mode = "connect"`.
+    pub connect: ModeRun,
+    /// The kernel's floor on this machine: 10,000 blocking connect + RST-close a second
+    /// from one thread with no runtime at all, % of one core.
+    pub floor_pct: f64,
+    /// The half-open engine alone: 10,000 probes a second, one after the other, on a
+    /// current-thread runtime in one thread (no health state machines), % of one core.
+    pub half_open_floor_pct: Option<f64>,
+}
+
+/// One run of the checker in one tcp mode.
+pub struct ModeRun {
+    /// What the checks did: "half-open", "connect", or "connect (half-open unavailable)".
+    pub mode: String,
     /// CPU of the whole process (user + system) over the window, % of one core.
     pub cpu_pct: f64,
     pub user_pct: f64,
@@ -42,9 +63,8 @@ pub struct HealthBench {
     pub checks_per_sec: f64,
     /// Failed checks over the whole run (should be 0).
     pub failures: u64,
-    /// The kernel's floor on this machine: 10,000 blocking connect + RST-close a second
-    /// from one thread with no runtime at all, % of one core.
-    pub floor_pct: f64,
+    /// Connections the listeners accepted over the whole run.
+    pub accepted: u64,
 }
 
 /// When set, this process is the listeners' (see the module doc).
@@ -79,10 +99,13 @@ pub fn listeners_main() -> Result<()> {
                 listeners.extend(group);
             }
         }
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         for l in listeners {
+            let accepted = accepted.clone();
             tokio::spawn(async move {
                 loop {
                     if let Ok((s, _)) = l.accept().await {
+                        accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let _ = s.set_zero_linger();
                         drop(s);
                     }
@@ -98,6 +121,11 @@ pub fn listeners_main() -> Result<()> {
             let _ = std::io::stdin().read_line(&mut s);
         })
         .await?;
+        println!(
+            "accepted {}",
+            accepted.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        std::io::stdout().flush()?;
         anyhow::Ok(())
     })
 }
@@ -114,7 +142,7 @@ fn rusage_of(who: libc::c_int) -> (f64, f64) {
     (t(ru.ru_utime), t(ru.ru_stime))
 }
 
-fn state(ports: &[u16]) -> State {
+fn state(ports: &[u16], mode: TcpMode) -> State {
     let backends = (0..BACKENDS)
         .map(|i| RealServer {
             address: format!("10.{}.{}.{}", 1 + i / 65536, (i / 256) % 256, i % 256)
@@ -143,6 +171,7 @@ fn state(ports: &[u16]) -> State {
             health: Some(Box::new(ServiceHealth {
                 kind: Some(CheckType::Tcp),
                 interval: Some(Dur::secs(1)),
+                tcp: Some(TcpCheck { mode: Some(mode) }),
                 ..Default::default()
             })),
         }],
@@ -192,6 +221,42 @@ fn floor_per_connect(ports: &[u16]) -> Result<f64> {
     .map_err(|_| anyhow::anyhow!("floor thread panicked"))?
 }
 
+/// CPU seconds per half-open probe of the listeners, one after the other, through an
+/// engine of its own on a current-thread runtime in one thread.
+fn floor_per_half_open_probe(ports: &[u16]) -> Result<Option<f64>> {
+    use lb_daemon::health::checks::halfopen::{Answer, HalfOpen};
+    let targets: Vec<std::net::SocketAddr> = ADDRS
+        .iter()
+        .flat_map(|a| {
+            ports
+                .iter()
+                .map(move |p| format!("{a}:{p}").parse().unwrap())
+        })
+        .collect();
+    std::thread::spawn(move || -> Result<Option<f64>> {
+        const N: usize = 20_000;
+        let Ok(engine) = HalfOpen::new() else {
+            return Ok(None);
+        };
+        let engine = std::sync::Arc::new(engine);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let (u0, s0) = rusage_of(libc::RUSAGE_THREAD);
+            for i in 0..N {
+                let t = targets[i % targets.len()];
+                let a = engine.probe(t, Duration::from_secs(1)).await?;
+                ensure!(a == Answer::Open, "{t}: {a:?}");
+            }
+            let (u1, s1) = rusage_of(libc::RUSAGE_THREAD);
+            Ok(Some((u1 - u0 + s1 - s0) / N as f64))
+        })
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("half-open floor thread panicked"))?
+}
+
 fn percentile(sorted: &[f32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -200,21 +265,38 @@ fn percentile(sorted: &[f32], p: f64) -> f64 {
     f64::from(sorted[i])
 }
 
+/// Both modes, the default one first, then the floor.
 pub fn run() -> Result<HealthBench> {
+    let (default_mode, half_open_floor) = run_mode(TcpMode::HalfOpen)?;
+    let (connect, floor) = run_mode(TcpMode::Connect)?;
+    let floor = floor.context("the connect floor")?;
+    Ok(HealthBench {
+        default_mode,
+        connect,
+        floor_pct: floor * BACKENDS as f64 * 100.0,
+        half_open_floor_pct: half_open_floor.map(|f| f * BACKENDS as f64 * 100.0),
+    })
+}
+
+/// One run in `mode`, and the CPU seconds per operation of its floor: a blocking
+/// connect for `connect`, a probe of the half-open engine alone for `half-open` (None
+/// when raw sockets are not available).
+fn run_mode(mode: TcpMode) -> Result<(ModeRun, Option<f64>)> {
     let mut child = Command::new(std::env::current_exe()?)
         .env(LISTENERS_ENV, "1")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .context("starting the listener process")?;
+    let mut out = BufReader::new(child.stdout.take().context("listener stdout")?);
     let mut line = String::new();
-    BufReader::new(child.stdout.take().context("listener stdout")?).read_line(&mut line)?;
+    out.read_line(&mut line)?;
     let ports: Vec<u16> = match line.trim().strip_prefix("ready ") {
         Some(rest) => rest.split(' ').map(str::parse).collect::<Result<_, _>>()?,
         None => anyhow::bail!("listener process: {line:?}"),
     };
     ensure!(ports.len() == PORTS, "listener process: {line:?}");
-    let st = state(&ports);
+    let st = state(&ports, mode);
     st.validate(1, BACKENDS as u32 + 1)?;
     let rt = if std::env::var_os("LB_BENCH_HEALTH_CURRENT").is_some() {
         tokio::runtime::Builder::new_current_thread()
@@ -225,6 +307,12 @@ pub fn run() -> Result<HealthBench> {
             .worker_threads(2)
             .enable_all()
             .build()?
+    };
+    let what = match mode {
+        TcpMode::HalfOpen if lb_daemon::health::checks::halfopen::shared().is_none() => {
+            "connect (half-open unavailable)".to_string()
+        }
+        m => m.to_string(),
     };
     let health = Health::new();
     health.configure(&st);
@@ -250,13 +338,14 @@ pub fn run() -> Result<HealthBench> {
             .count();
         ensure!(
             up == BACKENDS,
-            "only {up} of {BACKENDS} backends UP; e.g. {:?}",
+            "{mode}: only {up} of {BACKENDS} backends UP; e.g. {:?}",
             view.services[0]
                 .backends
                 .iter()
                 .find(|b| b.state != lb_daemon::metrics::HealthState::Up)
         );
-        Ok(HealthBench {
+        Ok(ModeRun {
+            mode: what,
             cpu_pct: (u1 - u0 + s1 - s0) / wall * 100.0,
             user_pct: (u1 - u0) / wall * 100.0,
             sys_pct: (s1 - s0) / wall * 100.0,
@@ -266,46 +355,79 @@ pub fn run() -> Result<HealthBench> {
             checks: spread.len(),
             checks_per_sec: spread.len() as f64 / wall,
             failures,
-            floor_pct: 0.0,
+            accepted: 0,
         })
     });
-    let floor = floor_per_connect(&ports);
+    drop(rt);
+    let floor = match mode {
+        TcpMode::Connect => Some(floor_per_connect(&ports)?),
+        TcpMode::HalfOpen => floor_per_half_open_probe(&ports)?,
+    };
     drop(child.stdin.take());
+    line.clear();
+    out.read_line(&mut line)?;
     let _ = child.wait();
     let mut r = result?;
-    r.floor_pct = floor? * BACKENDS as f64 * 100.0;
-    Ok(r)
+    r.accepted = match line.trim().strip_prefix("accepted ") {
+        Some(n) => n.parse()?,
+        None => anyhow::bail!("listener process at exit: {line:?}"),
+    };
+    Ok((r, floor))
 }
 
 /// The markdown section.
 pub fn markdown(h: &HealthBench, machine: &str, date: &str) -> String {
+    let (d, c) = (&h.default_mode, &h.connect);
     format!(
         "## Health checks\n\nMachine: {machine}. Date: {date}.\n\n\
          {BACKENDS} backends, TCP checks every 1 s (start of each drawn uniformly over the interval), \
          on a 2-worker tokio runtime as in the daemon, against 8 listeners (4 addresses × 2 ports on \
-         127.0.0.x, accept-and-close) in a separate process; {SECONDS} s measured after a {} s warm-up. \
+         127.0.0.x, accept-and-close) in a separate process; {SECONDS} s measured after a {} s warm-up, \
+         once in the default tcp mode (`half-open`: a SYN from a shared raw socket; the kernel resets \
+         the SYN-ACK) and once with `tcp.mode = \"connect\"`. \
          CPU is getrusage(RUSAGE_SELF) of the checking process (user + system, % of one core); \
          the spread is |actual − scheduled| start time of every check in the window.\n\n\
-         | what | value | target |\n|---|---|---|\n\
-         | CPU, % of one core | {:.1} (user {:.1}, system {:.1}) | < 10 |\n\
-         | checks per second ({} in the window) | {:.0} | 10,000 |\n\
-         | start-time error p50 / p99 / max | {:.2} / {:.2} / {:.2} ms | |\n\
-         | failed checks | {} | 0 |\n\
-         | kernel floor: 10,000 blocking connect + close a second, one thread, no runtime | {:.1} | |\n\n\
-         Nearly all of the CPU is the kernel's: on loopback the whole handshake of both ends (SYN, \
-         SYN-ACK, the listener's child socket, the RST) is processed in the connecting thread's \
-         softirq, so the floor above is what any checker pays here for 10,000 TCP connects a second; \
-         the checker adds its runtime (timers, epoll registration, the state machines) on top.\n\n",
+         | what | {} (default) | {} | target |\n|---|---|---|---|\n\
+         | CPU, % of one core | {:.1} (user {:.1}, system {:.1}) | {:.1} (user {:.1}, system {:.1}) | < 10 |\n\
+         | checks per second | {:.0} ({} in the window) | {:.0} ({} in the window) | 10,000 |\n\
+         | start-time error p50 / p99 / max | {:.2} / {:.2} / {:.2} ms | {:.2} / {:.2} / {:.2} ms | |\n\
+         | failed checks | {} | {} | 0 |\n\
+         | connections the listeners accepted | {} | {} | 0 for half-open |\n\
+         | floor: the same work alone, one thread (connect: blocking connect + close, no runtime; \
+         half-open: the engine's probes one after the other on a current-thread runtime) | {} | {:.1} | |\n\n\
+         On loopback the backend's side of every exchange runs in the sending thread's softirq and \
+         is charged to the checker: for a connect, the whole handshake of both ends (SYN, SYN-ACK, \
+         the listener's child socket, the RST); for a half-open check, the listener's SYN handling \
+         and SYN-ACK and our kernel's RST to it (in a perf profile of the half-open run, about 40% \
+         of the process's samples). Against remote backends that share is theirs. A half-open \
+         check itself is one sendmsg of a SYN (IP_HDRINCL, so concurrent sends do not serialize on \
+         the socket lock), no socket, and a share of the reads of the one receive task (the \
+         raw socket's BPF filter passes only SYN-ACKs and RSTs to the reserved source ports).\n\n",
         WARMUP.as_secs(),
-        h.cpu_pct,
-        h.user_pct,
-        h.sys_pct,
-        h.checks,
-        h.checks_per_sec,
-        h.spread_p50_ms,
-        h.spread_p99_ms,
-        h.spread_max_ms,
-        h.failures,
+        d.mode,
+        c.mode,
+        d.cpu_pct,
+        d.user_pct,
+        d.sys_pct,
+        c.cpu_pct,
+        c.user_pct,
+        c.sys_pct,
+        d.checks_per_sec,
+        d.checks,
+        c.checks_per_sec,
+        c.checks,
+        d.spread_p50_ms,
+        d.spread_p99_ms,
+        d.spread_max_ms,
+        c.spread_p50_ms,
+        c.spread_p99_ms,
+        c.spread_max_ms,
+        d.failures,
+        c.failures,
+        d.accepted,
+        c.accepted,
+        h.half_open_floor_pct
+            .map_or_else(|| "n/a".to_string(), |f| format!("{f:.1}")),
         h.floor_pct,
     )
 }
@@ -328,13 +450,23 @@ pub fn write(
         .ok()
         .and_then(|s| serde_json::from_str(&s).ok())
         .unwrap_or_else(|| serde_json::json!({}));
+    let r1 = |v: f64| (v * 10.0).round() / 10.0;
+    let r3 = |v: f64| (v * 1000.0).round() / 1000.0;
+    let (d, c) = (&h.default_mode, &h.connect);
     j["health"] = serde_json::json!({
-        "tcp_checks_10k_cpu_pct": (h.cpu_pct * 10.0).round() / 10.0,
-        "check_spread_ms_p99": (h.spread_p99_ms * 1000.0).round() / 1000.0,
-        "check_spread_ms_p50": (h.spread_p50_ms * 1000.0).round() / 1000.0,
-        "checks_per_sec": h.checks_per_sec.round(),
-        "failures": h.failures,
-        "kernel_floor_cpu_pct": (h.floor_pct * 10.0).round() / 10.0,
+        "tcp_mode": d.mode,
+        "tcp_checks_10k_cpu_pct": r1(d.cpu_pct),
+        "check_spread_ms_p99": r3(d.spread_p99_ms),
+        "check_spread_ms_p50": r3(d.spread_p50_ms),
+        "checks_per_sec": d.checks_per_sec.round(),
+        "failures": d.failures,
+        "accepted": d.accepted,
+        "connect_tcp_checks_10k_cpu_pct": r1(c.cpu_pct),
+        "connect_check_spread_ms_p99": r3(c.spread_p99_ms),
+        "connect_checks_per_sec": c.checks_per_sec.round(),
+        "connect_failures": c.failures,
+        "kernel_floor_cpu_pct": r1(h.floor_pct),
+        "half_open_floor_cpu_pct": h.half_open_floor_pct.map(r1),
         "machine": machine,
         "date": date,
     });

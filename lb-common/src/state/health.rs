@@ -37,6 +37,7 @@
 //! | `retry` | 0 | keepalived's `retry 1` is its only debounce; `fall` plays that role here |
 //! | `delay_before_retry` | 1 s, 3 s for http/https | keepalived |
 //! | `port` / `address` | the service's port / the backend's address | HAProxy `port`/`addr` |
+//! | `tcp.mode` | `half-open` (a SYN; a SYN-ACK passes, the kernel resets it); `connect` = a full handshake then an RST | F5 `tcp_half_open`; keepalived/HAProxy connect |
 //! | `http.method`, `http.path` | `GET`, `/` | keepalived `HTTP_GET` |
 //! | `http.expect_status` | `200-299` | keepalived `status_code` |
 //! | `http.tls_verify` | true (https) | |
@@ -163,7 +164,8 @@ impl<'de> Deserialize<'de> for Dur {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckType {
-    /// TCP connect (keepalived `TCP_CHECK`, HAProxy `check`).
+    /// The port accepts connections: a half-open SYN probe by default, or a full
+    /// connect (`tcp.mode`; keepalived `TCP_CHECK`, HAProxy `check`).
     #[default]
     Tcp,
     /// HTTP request, status (and optionally body) checked (keepalived `HTTP_GET`).
@@ -283,6 +285,39 @@ impl<'de> Deserialize<'de> for StatusRange {
     }
 }
 
+/// How a `tcp` check probes the port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TcpMode {
+    /// A SYN from a raw socket: a SYN-ACK passes (the kernel answers it with an RST,
+    /// no socket owning the 4-tuple), an RST or an ICMP error fails. The backend's
+    /// application never sees a connection, and it costs a fraction of a connect.
+    /// Falls back to `connect` when raw sockets are not allowed (no CAP_NET_RAW).
+    #[default]
+    HalfOpen,
+    /// A full connect, closed with an RST (keepalived `TCP_CHECK`, HAProxy `check`):
+    /// also proves the application accepts connections (a full accept queue fails it).
+    Connect,
+}
+
+impl fmt::Display for TcpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TcpMode::HalfOpen => "half-open",
+            TcpMode::Connect => "connect",
+        })
+    }
+}
+
+/// `tcp` settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TcpCheck {
+    /// `half-open` (default) or `connect`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<TcpMode>,
+}
+
 /// `http` / `https` settings; every field optional so that a backend can override one.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -355,6 +390,8 @@ pub struct CheckParams {
     pub port: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub address: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpCheck>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpCheck>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -443,6 +480,9 @@ pub struct ServiceHealth {
     /// Check this address instead of the backend's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub address: Option<IpAddr>,
+    /// `tcp` checks: `mode = "half-open"` (default) or `"connect"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpCheck>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpCheck>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -473,6 +513,7 @@ impl ServiceHealth {
             delay_before_retry: self.delay_before_retry,
             port: self.port,
             address: self.address,
+            tcp: self.tcp.clone(),
             http: self.http.clone(),
             udp: self.udp.clone(),
             exec: self.exec.clone(),
@@ -486,6 +527,12 @@ impl CheckParams {
         fn pick<T: Clone>(base: &Option<T>, over: &Option<T>) -> Option<T> {
             over.clone().or_else(|| base.clone())
         }
+        let tcp = match (&self.tcp, &over.tcp) {
+            (Some(b), Some(o)) => Some(TcpCheck {
+                mode: pick(&b.mode, &o.mode),
+            }),
+            (b, o) => pick(b, o),
+        };
         let http = match (&self.http, &over.http) {
             (Some(b), Some(o)) => Some(HttpCheck {
                 method: pick(&b.method, &o.method),
@@ -521,6 +568,7 @@ impl CheckParams {
             delay_before_retry: pick(&self.delay_before_retry, &over.delay_before_retry),
             port: pick(&self.port, &over.port),
             address: pick(&self.address, &over.address),
+            tcp,
             http,
             udp,
             exec,
@@ -560,7 +608,9 @@ pub struct HttpProbe {
 /// What is done to check one backend.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Probe {
-    Tcp,
+    Tcp {
+        mode: TcpMode,
+    },
     Http(HttpProbe),
     Udp {
         payload: Vec<u8>,
@@ -644,7 +694,9 @@ impl Service {
         }
         let target = SocketAddr::new(address, port);
         let probe = match kind {
-            CheckType::Tcp => Probe::Tcp,
+            CheckType::Tcp => Probe::Tcp {
+                mode: p.tcp.as_ref().and_then(|t| t.mode).unwrap_or_default(),
+            },
             CheckType::Http | CheckType::Https => {
                 let h = p.http.clone().unwrap_or_default();
                 let method = h.method.unwrap_or_else(|| "GET".into());
@@ -874,7 +926,12 @@ mac = "02:00:00:00:00:0b"
         let svc = &s.services[0];
         let c = svc.resolve_check(&svc.backends[0]).unwrap().unwrap();
         assert_eq!(c.kind, CheckType::Tcp);
-        assert_eq!(c.probe, Probe::Tcp);
+        assert_eq!(
+            c.probe,
+            Probe::Tcp {
+                mode: TcpMode::HalfOpen
+            }
+        );
         assert_eq!(c.interval, Dur::secs(2));
         assert_eq!(
             c.timeout,
@@ -1049,6 +1106,43 @@ health = { rise = 5, exec = { command = "true" } }
         assert!(e.contains("empty"), "{e}");
         let e = err("[service.health]\ntype = \"http\"\nhttp = { expect_status = [700] }\n");
         assert!(e.contains("700"), "{e}");
+    }
+
+    #[test]
+    fn tcp_mode_defaults_to_half_open_and_is_overridable() {
+        let s = parse(&with(
+            r#"
+[service.health]
+tcp = { mode = "connect" }
+[[service.backends]]
+address = "10.0.0.11"
+[[service.backends]]
+address = "10.0.0.12"
+health = { tcp = { mode = "half-open" } }
+[[service.backends]]
+address = "10.0.0.13"
+health = { tcp = {} }
+"#,
+        ))
+        .unwrap();
+        let svc = &s.services[0];
+        let mode = |j: usize| match svc.resolve_check(&svc.backends[j]).unwrap().unwrap().probe {
+            Probe::Tcp { mode } => mode,
+            p => panic!("{p:?}"),
+        };
+        assert_eq!(mode(0), TcpMode::Connect);
+        assert_eq!(mode(1), TcpMode::HalfOpen, "the backend's override wins");
+        assert_eq!(
+            mode(2),
+            TcpMode::Connect,
+            "an empty table keeps the service's"
+        );
+        let back: State = toml::from_str(&toml::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+        let e = err("[service.health]\ntcp = { mode = \"syn\" }\n");
+        assert!(e.contains("syn") && e.contains("half-open"), "{e}");
+        let e = err("[service.health]\ntcp = { mod = \"connect\" }\n");
+        assert!(e.contains("mod"), "{e}");
     }
 
     #[test]

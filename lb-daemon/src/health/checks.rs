@@ -1,8 +1,11 @@
 //! The active checks: one attempt of each kind, bounded by its timeout, on the tokio
 //! runtime (no thread per check).
 //!
-//! - `tcp`: a connect; closed with an RST (SO_LINGER 0, as HAProxy does) so that tens
-//!   of thousands of checks a second leave no TIME_WAIT behind.
+//! - `tcp`, `mode = "half-open"` (the default): a SYN from a raw socket, a SYN-ACK
+//!   passes, an RST or ICMP error fails ([`halfopen`]); connects instead, with a
+//!   warning, when raw sockets cannot be opened (no CAP_NET_RAW).
+//! - `tcp`, `mode = "connect"`: a connect; closed with an RST (SO_LINGER 0, as HAProxy
+//!   does) so that tens of thousands of checks a second leave no TIME_WAIT behind.
 //! - `http`/`https`: one HTTP/1.1 request (hyper; TLS with rustls, verified against
 //!   the system's roots unless `tls_verify = false`), status checked against the
 //!   accepted ranges, and the first 64 KiB of the body searched when asked.
@@ -20,11 +23,13 @@ use std::{
 use http_body_util::{BodyExt as _, Empty};
 use hyper::{Request, body::Bytes};
 use hyper_util::rt::TokioIo;
-use lb_common::state::{HttpProbe, Probe, ResolvedCheck};
+use lb_common::state::{HttpProbe, Probe, ResolvedCheck, TcpMode};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::{TcpStream, UdpSocket},
 };
+
+pub mod halfopen;
 
 /// How much of a body `body_contains` looks at.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -66,7 +71,8 @@ pub async fn run(check: &ResolvedCheck, env: &ExecEnv) -> (Outcome, Duration) {
     let out = match &check.probe {
         Probe::Exec { command, timeout } => exec(command, timeout.std(), check.target, env).await,
         probe => {
-            match tokio::time::timeout(check.timeout.std(), attempt(probe, check.target)).await {
+            let timeout = check.timeout.std();
+            match tokio::time::timeout(timeout, attempt(probe, check.target, timeout)).await {
                 Ok(o) => o,
                 Err(_) => Outcome::fail("timeout"),
             }
@@ -75,9 +81,17 @@ pub async fn run(check: &ResolvedCheck, env: &ExecEnv) -> (Outcome, Duration) {
     (out, start.elapsed())
 }
 
-async fn attempt(probe: &Probe, target: SocketAddr) -> Outcome {
+async fn attempt(probe: &Probe, target: SocketAddr, timeout: Duration) -> Outcome {
     match probe {
-        Probe::Tcp => tcp(target).await,
+        Probe::Tcp {
+            mode: TcpMode::HalfOpen,
+        } => match halfopen::shared().filter(|h| h.supports(&target)) {
+            Some(h) => half_open(h, target, timeout).await,
+            None => tcp(target).await,
+        },
+        Probe::Tcp {
+            mode: TcpMode::Connect,
+        } => tcp(target).await,
         Probe::Http(h) => http(h, target).await,
         Probe::Udp { payload, expect } => udp(target, payload, expect.as_deref()).await,
         Probe::Exec { .. } => unreachable!("run handles exec"),
@@ -117,6 +131,20 @@ async fn tcp(target: SocketAddr) -> Outcome {
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
             Outcome::pass("connected (then reset by the server)")
         }
+        Err(e) => Outcome::fail(io_detail(&e)),
+    }
+}
+
+/// A half-open probe through `engine`.
+pub async fn half_open(
+    engine: &Arc<halfopen::HalfOpen>,
+    target: SocketAddr,
+    timeout: Duration,
+) -> Outcome {
+    match engine.probe(target, timeout).await {
+        Ok(halfopen::Answer::Open) => Outcome::pass("SYN-ACK (half-open)"),
+        Ok(halfopen::Answer::Refused) => Outcome::fail("connection refused"),
+        Ok(halfopen::Answer::Unreachable(what)) => Outcome::fail(what),
         Err(e) => Outcome::fail(io_detail(&e)),
     }
 }
@@ -535,31 +563,81 @@ mod tests {
         a
     }
 
+    fn tcp_probe(mode: TcpMode) -> Probe {
+        Probe::Tcp { mode }
+    }
+
+    /// Half-open needs CAP_NET_RAW; without it the check connects.
+    fn half_open_available() -> bool {
+        halfopen::shared().is_some()
+    }
+
     #[tokio::test]
-    async fn tcp_connect_passes_and_refused_fails() {
+    async fn tcp_open_passes_and_refused_fails_in_both_modes() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let a = l.local_addr().unwrap();
-        let (o, _) = run(&check(Probe::Tcp, a, 1000), &ExecEnv::default()).await;
-        assert_eq!(o, Outcome::pass("connected"));
+        let half_open_pass = if half_open_available() {
+            "SYN-ACK (half-open)"
+        } else {
+            "connected"
+        };
+        for (mode, pass) in [
+            (TcpMode::Connect, "connected"),
+            (TcpMode::HalfOpen, half_open_pass),
+        ] {
+            let (o, _) = run(&check(tcp_probe(mode), a, 1000), &ExecEnv::default()).await;
+            assert_eq!(o, Outcome::pass(pass), "{mode}");
+            let (o, _) = run(
+                &check(tcp_probe(mode), closed_port().await, 1000),
+                &ExecEnv::default(),
+            )
+            .await;
+            assert_eq!(o, Outcome::fail("connection refused"), "{mode}");
+        }
+    }
+
+    #[tokio::test]
+    async fn half_open_checks_never_reach_the_application() {
+        if !half_open_available() {
+            eprintln!("skipped: half-open checks need CAP_NET_RAW");
+            return;
+        }
+        let l = TcpListener::bind("[::1]:0").await.unwrap();
+        let a = l.local_addr().unwrap();
+        for _ in 0..20 {
+            let (o, _) = run(
+                &check(tcp_probe(TcpMode::HalfOpen), a, 1000),
+                &ExecEnv::default(),
+            )
+            .await;
+            assert_eq!(o, Outcome::pass("SYN-ACK (half-open)"));
+        }
+        let accepted = tokio::time::timeout(Duration::from_millis(200), l.accept()).await;
+        assert!(accepted.is_err(), "accepted {accepted:?}");
+        // A connect check does reach it (the listener above does accept).
         let (o, _) = run(
-            &check(Probe::Tcp, closed_port().await, 1000),
+            &check(tcp_probe(TcpMode::Connect), a, 1000),
             &ExecEnv::default(),
         )
         .await;
-        assert_eq!(o, Outcome::fail("connection refused"));
+        assert_eq!(o, Outcome::pass("connected"));
+        let accepted = tokio::time::timeout(Duration::from_millis(1000), l.accept()).await;
+        assert!(matches!(accepted, Ok(Ok(_))), "{accepted:?}");
     }
 
     #[tokio::test]
     async fn tcp_timeout_is_honoured() {
         // A blackhole: TEST-NET-1 is never routed here (the connect hangs or fails fast
         // with "network unreachable"); either way it must not pass nor outlive the timeout.
-        let (o, took) = run(
-            &check(Probe::Tcp, "192.0.2.1:9".parse().unwrap(), 300),
-            &ExecEnv::default(),
-        )
-        .await;
-        assert!(!o.ok);
-        assert!(took < Duration::from_millis(800), "{took:?}");
+        for mode in [TcpMode::Connect, TcpMode::HalfOpen] {
+            let (o, took) = run(
+                &check(tcp_probe(mode), "192.0.2.1:9".parse().unwrap(), 300),
+                &ExecEnv::default(),
+            )
+            .await;
+            assert!(!o.ok, "{mode}");
+            assert!(took < Duration::from_millis(800), "{mode}: {took:?}");
+        }
     }
 
     #[tokio::test]
