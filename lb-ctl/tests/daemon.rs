@@ -48,6 +48,13 @@ struct Daemon {
     fake: Shared,
 }
 
+/// The socket file goes with the fake (its listener thread lives on, unreachable).
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.sock);
+    }
+}
+
 static N: AtomicU32 = AtomicU32::new(0);
 
 fn json_response(code: u16, v: &Value) -> Response<Full<Bytes>> {
