@@ -37,7 +37,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
-        Arc, OnceLock,
+        Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::sleep,
@@ -62,62 +62,6 @@ const SETTLE: Duration = Duration::from_secs(5);
 // ---------------------------------------------------------------------------
 // Host preparation and leftovers (as in e2e_restart.rs)
 // ---------------------------------------------------------------------------
-
-fn prepare_host() {
-    static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
-        // SAFETY: geteuid has no preconditions.
-        assert_eq!(unsafe { libc::geteuid() }, 0, "the test needs root");
-        let fs_type = netns::cmd(Command::new("stat").args(["-f", "-c", "%T", "/sys/fs/bpf"]))
-            .unwrap_or_default();
-        if fs_type.trim() != "bpf_fs" {
-            fs::create_dir_all("/sys/fs/bpf").ok();
-            netns::cmd(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
-                .expect("mounting bpffs on /sys/fs/bpf");
-        }
-        remove_stale().expect("removing leftovers of earlier runs");
-    });
-}
-
-/// `lbctl-<pid>-<n>…` → its prefix, if process `pid` is gone.
-fn stale(name: &str) -> Option<String> {
-    let rest = name.strip_prefix(STALE_PREFIX)?;
-    let mut parts = rest.split('-');
-    let (pid, n) = (parts.next()?, parts.next()?);
-    let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !numeric(pid) || !numeric(n) || Path::new("/proc").join(pid).exists() {
-        return None;
-    }
-    Some(format!("{STALE_PREFIX}{pid}-{n}-"))
-}
-
-fn remove_stale() -> Result<()> {
-    let mut prefixes = BTreeSet::new();
-    for ns in netns::namespaces(STALE_PREFIX)? {
-        prefixes.extend(stale(&ns));
-    }
-    for dir in [Path::new("/sys/fs/bpf"), &std::env::temp_dir()] {
-        for e in fs::read_dir(dir)?.flatten() {
-            prefixes.extend(stale(&e.file_name().to_string_lossy()));
-        }
-    }
-    for prefix in prefixes {
-        netns::remove_leftovers(&prefix)?;
-        let pins = pin_dir(&prefix);
-        if pins.exists() {
-            fs::remove_dir_all(&pins).with_context(|| format!("removing {}", pins.display()))?;
-        }
-    }
-    Ok(())
-}
-
-fn instance(prefix: &str) -> &str {
-    prefix.trim_end_matches('-')
-}
-
-fn pin_dir(prefix: &str) -> PathBuf {
-    Path::new("/sys/fs/bpf").join(instance(prefix))
-}
 
 // ---------------------------------------------------------------------------
 // What the test expects: its own model of the table
@@ -762,18 +706,18 @@ struct Rig {
 
 impl Rig {
     fn new(test: u32) -> Rig {
-        prepare_host();
+        netns::prepare_pinning_test(STALE_PREFIX);
         let daemon_bin = e2e::daemon();
         let lbctl_bin = e2e::lbctl();
         let prefix = format!("{STALE_PREFIX}{}-{test}-", std::process::id());
         let lab = Lab::build(&prefix, lb_daemon::EBPF_OBJECT).expect("building the topology");
         let dir = lab.dir.clone();
-        let (text, cfg) = config(instance(&prefix));
+        let (text, cfg) = config(netns::instance(&prefix));
         let cap = |k: &str| cfg["capacity"].get(k).and_then(|v| v.as_integer());
         let rig = Rig {
             lab,
             daemon: None,
-            pin_dir: pin_dir(&prefix),
+            pin_dir: netns::pin_dir(&prefix),
             daemon_bin,
             lbctl_bin,
             cfg: dir.join("lb.toml"),

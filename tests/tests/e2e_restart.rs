@@ -26,7 +26,6 @@ use std::{
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::OnceLock,
     thread::sleep,
     time::{Duration, Instant},
 };
@@ -43,64 +42,6 @@ const BIG_LEN: u64 = 20 << 20;
 /// 6.7 s. curl alone lets bursts through (it finished in under 4 s on a loaded
 /// machine); nginx sends at most rate × (elapsed + 1 s), so at least 5.7 s.
 const RATE_MIB: u32 = 3;
-
-/// Once per process: pins need the host's bpffs on /sys/fs/bpf, and earlier runs of
-/// this test whose process is gone may have left namespaces, files and pins.
-fn prepare_host() {
-    static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
-        // SAFETY: geteuid has no preconditions.
-        assert_eq!(unsafe { libc::geteuid() }, 0, "the test needs root");
-        let fs_type = netns::cmd(Command::new("stat").args(["-f", "-c", "%T", "/sys/fs/bpf"]))
-            .unwrap_or_default();
-        if fs_type.trim() != "bpf_fs" {
-            fs::create_dir_all("/sys/fs/bpf").ok();
-            netns::cmd(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
-                .expect("mounting bpffs on /sys/fs/bpf");
-        }
-        remove_stale().expect("removing leftovers of earlier runs");
-    });
-}
-
-/// `lbrst-<pid>-<n>` → whether process `pid` is gone.
-fn stale(name: &str) -> Option<String> {
-    let rest = name.strip_prefix(STALE_PREFIX)?;
-    let mut parts = rest.split('-');
-    let (pid, n) = (parts.next()?, parts.next()?);
-    let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !numeric(pid) || !numeric(n) || Path::new("/proc").join(pid).exists() {
-        return None;
-    }
-    Some(format!("{STALE_PREFIX}{pid}-{n}-"))
-}
-
-fn remove_stale() -> Result<()> {
-    let mut prefixes = BTreeSet::new();
-    for ns in netns::namespaces(STALE_PREFIX)? {
-        prefixes.extend(stale(&ns));
-    }
-    for dir in [Path::new("/sys/fs/bpf"), &std::env::temp_dir()] {
-        for e in fs::read_dir(dir)?.flatten() {
-            prefixes.extend(stale(&e.file_name().to_string_lossy()));
-        }
-    }
-    for prefix in prefixes {
-        netns::remove_leftovers(&prefix)?;
-        let pins = pin_dir(&prefix);
-        if pins.exists() {
-            fs::remove_dir_all(&pins).with_context(|| format!("removing {}", pins.display()))?;
-        }
-    }
-    Ok(())
-}
-
-fn instance(prefix: &str) -> &str {
-    prefix.trim_end_matches('-')
-}
-
-fn pin_dir(prefix: &str) -> PathBuf {
-    Path::new("/sys/fs/bpf").join(instance(prefix))
-}
 
 /// The embedded default configuration (the topology netns.rs builds) with its own
 /// instance name; `edit` may change it further.
@@ -237,7 +178,7 @@ struct Rig {
 
 impl Rig {
     fn new(test: u32) -> Rig {
-        prepare_host();
+        netns::prepare_pinning_test(STALE_PREFIX);
         let daemon_bin = e2e::daemon();
         let prefix = format!("{STALE_PREFIX}{}-{test}-", std::process::id());
         let lab = Lab::build(&prefix, lb_daemon::EBPF_OBJECT).expect("building the topology");
@@ -247,7 +188,7 @@ impl Rig {
             lab,
             daemon: None,
             others: Vec::new(),
-            pin_dir: pin_dir(&prefix),
+            pin_dir: netns::pin_dir(&prefix),
             daemon_bin,
             cfg: dir.join("lb.toml"),
             state_file: dir.join("state").join("lb.state.json"),
@@ -259,7 +200,7 @@ impl Rig {
             "{} exists before the test",
             rig.pin_dir.display()
         );
-        fs::write(&rig.cfg, config(instance(&prefix), |_| {})).unwrap();
+        fs::write(&rig.cfg, config(netns::instance(&prefix), |_| {})).unwrap();
         rig
     }
 
@@ -747,7 +688,7 @@ fn bad_changes_leave_state_untouched() {
 
     // A second daemon with a malformed configuration (and the running one's state
     // file and socket) must refuse to start and touch nothing.
-    let inst = instance(&rig.lab.prefix).to_owned();
+    let inst = netns::instance(&rig.lab.prefix).to_owned();
     let bad_configs: Vec<(&str, String, &[&str])> = vec![
         (
             "bad TOML",

@@ -112,21 +112,81 @@ pub fn namespaces(prefix: &str) -> Result<Vec<String>> {
         .collect())
 }
 
-/// Removes the leftovers of earlier runs whose process is gone: namespaces named
-/// `<tag><pid>-…` (the tests' prefixes) with no process `<pid>` any more.
+/// Removes the leftovers of earlier test runs whose process is gone: namespaces,
+/// temporary files and pins (under /sys/fs/bpf) named `<tag><pid>…` (the tests'
+/// prefixes, `<tag><pid>-` or `<tag><pid>-<n>-`) with no process `<pid>` any more.
 #[allow(dead_code)] // the namespace tests' (they include this file); not the demo's
 pub fn remove_stale(tag: &str) -> Result<()> {
-    let mut prefixes = std::collections::BTreeSet::new();
+    // "<tag><pid>" of a name made by a run whose process is gone.
+    let gone = |name: &str| -> Option<String> {
+        let pid = name.strip_prefix(tag)?.split('-').next()?;
+        let numeric = !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit());
+        (numeric && !Path::new("/proc").join(pid).exists()).then(|| format!("{tag}{pid}"))
+    };
+    let mut runs = std::collections::BTreeSet::new();
     for ns in namespaces(tag)? {
-        let pid = ns[tag.len()..].split('-').next().unwrap_or_default();
-        if !pid.is_empty() && !std::path::Path::new("/proc").join(pid).exists() {
-            prefixes.insert(format!("{tag}{pid}-"));
+        runs.extend(gone(&ns));
+    }
+    let mut paths = Vec::new();
+    for dir in [Path::new(PIN_ROOT).to_path_buf(), std::env::temp_dir()] {
+        for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if let Some(run) = gone(&e.file_name().to_string_lossy()) {
+                runs.insert(run);
+                paths.push(e.path());
+            }
         }
     }
-    for p in prefixes {
-        remove_leftovers(&p)?;
+    for run in runs {
+        remove_leftovers(&format!("{run}-"))?;
+    }
+    for p in paths {
+        let r = if p.is_dir() {
+            fs::remove_dir_all(&p)
+        } else {
+            fs::remove_file(&p)
+        };
+        match r {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {}", p.display()));
+            }
+            _ => {}
+        }
     }
     Ok(())
+}
+
+/// Where the daemon pins (bpffs).
+pub const PIN_ROOT: &str = "/sys/fs/bpf";
+
+/// Once per process, for tests whose daemon pins: root, the host's bpffs on
+/// /sys/fs/bpf, and the leftovers of earlier runs (see [`remove_stale`]) removed.
+#[allow(dead_code)]
+pub fn prepare_pinning_test(tag: &str) {
+    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "the test needs root");
+        let fs_type =
+            cmd(Command::new("stat").args(["-f", "-c", "%T", PIN_ROOT])).unwrap_or_default();
+        if fs_type.trim() != "bpf_fs" {
+            fs::create_dir_all(PIN_ROOT).ok();
+            cmd(Command::new("mount").args(["-t", "bpf", "bpf", PIN_ROOT]))
+                .expect("mounting bpffs on /sys/fs/bpf");
+        }
+        remove_stale(tag).expect("removing leftovers of earlier runs");
+    });
+}
+
+/// The daemon instance of a test prefix (`lbrst-<pid>-<n>-` → `lbrst-<pid>-<n>`).
+#[allow(dead_code)]
+pub fn instance(prefix: &str) -> &str {
+    prefix.trim_end_matches('-')
+}
+
+/// Where the daemon of instance [`instance`]`(prefix)` pins.
+#[allow(dead_code)]
+pub fn pin_dir(prefix: &str) -> PathBuf {
+    Path::new(PIN_ROOT).join(instance(prefix))
 }
 
 fn signal(pid: u32, sig: libc::c_int) {
