@@ -155,7 +155,10 @@ impl Delta {
         for r in Reason::ALL {
             let d = lab.reason(*r) - self.before[&(*r as u32)];
             let expect = if *r == want { n } else { 0 };
-            let _ = (d, expect);
+            ensure!(
+                d == expect,
+                "counter {r:?} moved by {d}, expected {expect}: not every iteration took the measured path"
+            );
         }
         Ok(())
     }
@@ -215,14 +218,12 @@ fn xdp() -> Result<(Figures, Figures)> {
         .vip_idx(&dr.state.services[0].id())
         .expect("installed");
     let conns = dr.dp.vip_counters(idx)?.new_conns;
-    let _ = conns;
-    if false {
-        ensure!(
-            conns == ITER as u64 + 1,
-            "new_flow: {conns} new connections, expected {}",
-            ITER + 1
-        );
-    }
+    // ITER new flows, plus the one the warm-up hit created.
+    ensure!(
+        conns == ITER as u64 + 1,
+        "new_flow: {conns} new connections, expected {}",
+        ITER + 1
+    );
 
     let d = Delta::new(&dr);
     r.insert(
@@ -400,6 +401,16 @@ fn main() -> Result<()> {
     }
     // `LB_BENCH_ONLY=control_plane`: only the control-plane figures, printed, nothing
     // written (for profiling the apply path without the rest of the bench).
+    // `LB_BENCH_ONLY=xdp`: only the XDP figures, printed, nothing written.
+    if std::env::var("LB_BENCH_ONLY").as_deref() == Ok("xdp") {
+        let (x, rep) = xdp()?;
+        let floor = x["floor"];
+        for (k, v) in &x {
+            println!("{k:14} {v:7.1} ns  {:.2}x", v / floor);
+        }
+        println!("in-kernel repeat: {rep:?}");
+        return Ok(());
+    }
     if std::env::var("LB_BENCH_ONLY").as_deref() == Ok("control_plane") {
         let (apply_ms, change_ms, change_slots) = control_plane()?;
         println!(
