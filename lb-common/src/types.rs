@@ -90,7 +90,8 @@ pub struct Conn {
     pub backend: u32,
     /// `CONN_F_*`.
     pub flags: u32,
-    /// bpf_ktime_get_coarse_ns() when last refreshed (refreshed at most once a second).
+    /// The data plane's clock (jiffies × `Ctrl::ns_per_tick`) when last refreshed
+    /// (refreshed at most once a second).
     pub last_seen_ns: u64,
     /// VIP index: the data plane counts hits without looking the VIP up again.
     pub vip_idx: u32,
@@ -205,8 +206,13 @@ pub struct Ctrl {
     /// MAC the LB sends from (the ingress interface's, for XDP_TX).
     pub our_mac: [u8; 6],
     pub _pad: [u8; 2],
+    /// Length of a kernel tick (1/CONFIG_HZ) in ns: the data plane's clock is
+    /// `bpf_jiffies64() × ns_per_tick`, a load the verifier inlines, where a ktime
+    /// helper is a call (lb-daemon's `clock` module says why that matters).
+    pub ns_per_tick: u32,
+    pub _pad1: u32,
 }
-assert_size!(Ctrl, 48);
+assert_size!(Ctrl, 56);
 
 impl Default for Ctrl {
     fn default() -> Self {
@@ -220,6 +226,8 @@ impl Default for Ctrl {
             tun_src_v6: [0; 16],
             our_mac: [0; 6],
             _pad: [0; 2],
+            ns_per_tick: 4_000_000,
+            _pad1: 0,
         }
     }
 }

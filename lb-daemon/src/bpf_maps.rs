@@ -193,6 +193,7 @@ impl DataPlane {
         let mut dp = Self::new(ebpf, cap.clone())?;
         dp.set_ctrl(&Ctrl {
             ring_size: cap.ring_size,
+            ns_per_tick: crate::clock::ns_per_tick(),
             ..Ctrl::default()
         })?;
         Ok(dp)

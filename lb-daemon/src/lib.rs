@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod bpf_maps;
+pub mod clock;
 pub mod config;
 pub mod health;
 pub mod loader;

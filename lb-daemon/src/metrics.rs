@@ -484,17 +484,6 @@ fn sum(per_cpu: &[Counters]) -> Counters {
     c
 }
 
-/// CLOCK_MONOTONIC_COARSE, the clock of `Conn::last_seen_ns`.
-fn coarse_now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// Current generation of each installed VIP index, and the idle timeout, in ns.
 pub fn conn_context(
     dp: &DataPlane,
@@ -526,7 +515,7 @@ pub fn take_conn_snapshot(
         &values,
         gens,
         timeout_ns,
-        coarse_now_ns(),
+        crate::clock::now_ns(),
         walk,
     ))
 }

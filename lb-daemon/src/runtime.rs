@@ -416,7 +416,7 @@ impl Runtime {
                 }
             }
         }
-        let now = coarse_now_ns();
+        let now = crate::clock::now_ns();
         let timeout = u64::from(self.cfg.daemon.conn_timeout);
         let mut out: Vec<ConnEntry> = self
             .dp
@@ -602,17 +602,6 @@ fn ip_of(a: &[u8; 16], family: u8) -> IpAddr {
     } else {
         IpAddr::from(*a)
     }
-}
-
-/// CLOCK_MONOTONIC_COARSE, the clock behind bpf_ktime_get_coarse_ns.
-fn coarse_now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 #[derive(Debug, Serialize)]

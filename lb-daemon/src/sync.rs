@@ -204,6 +204,7 @@ pub fn ctrl_for(t: &Tunnel, ring_size: u32, conn_timeout_secs: u32) -> Ctrl {
     let mut c = Ctrl {
         ring_size,
         conn_timeout_secs,
+        ns_per_tick: crate::clock::ns_per_tick(),
         ..Ctrl::default()
     };
     if let Some(m) = t.mtu {

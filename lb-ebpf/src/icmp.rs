@@ -46,7 +46,7 @@ pub fn handle(ctx: &XdpContext, p: &Packet, ctrl: &Ctrl) -> Result<Reason, Reaso
         if let Ok(flow) = quoted_flow(ctx, p, p.l4_off + 8, fam)
             && let Some(vip) = select::vip(&flow, ctrl)
         {
-            let now = select::now();
+            let now = select::now(ctrl);
             let choice = match select::established(&flow, ctrl, 0, now, false) {
                 Some(c) => c,
                 None => select::new_flow(&flow, vip, ctrl, 0, now, false)?,

@@ -74,7 +74,7 @@ fn try_lb(ctx: &XdpContext) -> Result<Reason, Reason> {
     if !select::maybe_vip(&p.flow.dst) {
         return Ok(Reason::PassNotVip);
     }
-    let now = select::now();
+    let now = select::now(ctrl);
     let syn = p.flow.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let choice = if syn {
         let Some(vip) = select::vip(&p.flow, ctrl) else {

@@ -1,7 +1,7 @@
 //! Backend selection: connection table first (Cilium's lesson: the scheduler
 //! only runs for new flows), then persistence, then the VIP's scheduler.
 
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use aya_ebpf::helpers::bpf_jiffies64;
 use lb_common::{
     BACKEND_F_VALID, Backend, CONN_F_ACK_SEEN, CONN_F_FIN_SEEN, CONN_F_RST_SEEN, CONN_F_SYN_SEEN,
     CTRL_F_HAS_WILDCARD, Conn, Ctrl, FlowKey, NO_BACKEND, PersistKey, PersistVal, Reason, SCHED_RR,
@@ -71,9 +71,11 @@ pub struct Choice {
     pub new_conn: bool,
 }
 
+/// The data plane's clock in ns: jiffies × tick length. The verifier turns the
+/// jiffies read into one load; a ktime helper would be a call on every packet.
 #[inline(always)]
-pub fn now() -> u64 {
-    unsafe { bpf_ktime_get_coarse_ns() }
+pub fn now(ctrl: &Ctrl) -> u64 {
+    unsafe { bpf_jiffies64() }.wrapping_mul(ctrl.ns_per_tick as u64)
 }
 
 /// May `addr` be a VIP? One bit of VIP_FILTER: no means certainly not.

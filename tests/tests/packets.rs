@@ -959,3 +959,43 @@ fn syn_on_an_established_entry_is_scheduled_afresh() {
     }
     assert!(moved > 50, "reused 5-tuples are rescheduled: {moved}");
 }
+
+/// The data plane's clock (jiffies × Ctrl::ns_per_tick) is the one user space ages
+/// entries with, and an entry idle past the timeout no longer pins its flow.
+#[test]
+fn entries_age_on_the_data_plane_clock_and_expire() {
+    let mut l = lab("dr", "mh");
+    let mut ctrl = l.dp.ctrl().unwrap();
+    assert_eq!(ctrl.ns_per_tick, lb_daemon::clock::ns_per_tick());
+    ctrl.conn_timeout_secs = 1;
+    l.dp.set_ctrl(&ctrl).unwrap();
+    let ack = pkt::tcp_ack("192.168.1.5", 4200, "10.0.0.10", 80);
+    let before = lb_daemon::clock::now_ns();
+    let b = l.run(&ack).unwrap().out[5];
+    let after = lb_daemon::clock::now_ns();
+    let seen = |l: &Lab| {
+        l.dp.conns()
+            .into_iter()
+            .find(|(k, _)| u16::from_be(k.sport) == 4200)
+            .expect("an entry for the flow")
+            .1
+    };
+    let c = seen(&l);
+    assert!(
+        (before..=after).contains(&c.last_seen_ns),
+        "entry stamped {} outside the user-space clock's {before}..={after}",
+        c.last_seen_ns
+    );
+    let idx = l.proj.vip_idx(&l.state.services[0].id()).unwrap();
+    let new_conns = |l: &Lab| l.dp.vip_counters(idx).unwrap().new_conns;
+    let n = new_conns(&l);
+    // Within the timeout: a hit, no new connection.
+    assert_eq!(l.run(&ack).unwrap().out[5], b);
+    assert_eq!(new_conns(&l), n);
+    // Idle past it: scheduled afresh (same backend, Maglev is stable), counted new,
+    // and stamped again.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(l.run(&ack).unwrap().out[5], b);
+    assert_eq!(new_conns(&l), n + 1);
+    assert!(seen(&l).last_seen_ns >= c.last_seen_ns + 1_000_000_000);
+}
