@@ -98,8 +98,12 @@ pub struct Conn {
     /// VIP_GEN[vip_idx] when the entry was made: a removed (or re-created) VIP bumps
     /// its generation, so its old entries stop matching.
     pub vip_gen: u32,
+    /// `hash::flow_hash` of the flow, kept so that a hit needs no rehash for the
+    /// tunnel's outer source, GUE source port or IPv6 flow label.
+    pub flow_hash: u32,
+    pub _pad: u32,
 }
-assert_size!(Conn, 24);
+assert_size!(Conn, 32);
 
 impl Conn {
     /// The client sent FIN or RST.

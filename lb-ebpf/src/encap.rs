@@ -6,9 +6,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, CTRL_F_SRC_FROM_FLOW, Ctrl, FAMILY_V4, FlowKey, ICMP_QUOTE_LEN, IPV4_HDR_LEN,
-    IPV6_HDR_LEN, MODE_TUN_GUE, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP, PROTO_IPV6, PROTO_UDP,
-    Reason, UDP_HDR_LEN, hash::flow_hash,
+    Backend, CTRL_F_SRC_FROM_FLOW, Ctrl, FAMILY_V4, ICMP_QUOTE_LEN, IPV4_HDR_LEN, IPV6_HDR_LEN,
+    MODE_TUN_GUE, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP, PROTO_IPV6, PROTO_UDP, Reason, UDP_HDR_LEN,
 };
 
 use crate::{
@@ -153,8 +152,7 @@ struct Ipv6Hdr {
 pub fn tunnel(
     ctx: &XdpContext,
     p: &Packet,
-    flow: &FlowKey,
-    hash: Option<u32>,
+    hash: u32,
     b: &Backend,
     ctrl: &Ctrl,
     mtu_check: bool,
@@ -182,13 +180,6 @@ pub fn tunnel(
     move_l2(ctx, oh, l3_off, &b.mac)?;
     let inner_len = carried;
     let gue = b.mode == MODE_TUN_GUE;
-    // The flow hash feeds the outer source (source-from-flow), the GUE source port and
-    // the IPv6 flow label; plain IPIP with a fixed source needs none.
-    let hash = if gue || b.family != FAMILY_V4 || ctrl.flags & CTRL_F_SRC_FROM_FLOW != 0 {
-        hash.unwrap_or_else(|| flow_hash(flow))
-    } else {
-        0
-    };
     let ip_off = l3_off;
     let (next, udp_off) = if b.family == FAMILY_V4 {
         let proto = if gue { PROTO_UDP } else { PROTO_IPIP };

@@ -1,7 +1,7 @@
 //! The last step for every balanced packet: count it, then DR or tunnel.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{Ctrl, FlowKey, MODE_DR, Reason};
+use lb_common::{Ctrl, MODE_DR, Reason};
 
 use crate::{
     counters, encap,
@@ -9,16 +9,14 @@ use crate::{
     select::{self, Choice},
 };
 
-/// `flow` is the flow the packet belongs to (for ICMP errors: the quoted one); its hash
-/// (or `hash`, for later fragments: the first fragment's) decides the tunnel's outer
+/// `c.hash` is the hash of the flow the packet belongs to (for ICMP errors: the quoted
+/// one; for later fragments: the first fragment's); it decides the tunnel's outer
 /// source, GUE source port and IPv6 flow label. `mtu_check` is off for
 /// ICMP errors: an ICMP error must never be answered with another one.
 #[inline(always)]
 pub fn to_backend(
     ctx: &XdpContext,
     p: &Packet,
-    flow: &FlowKey,
-    hash: Option<u32>,
     c: &Choice,
     ctrl: &Ctrl,
     mtu_check: bool,
@@ -30,6 +28,6 @@ pub fn to_backend(
     if b.mode == MODE_DR {
         encap::dr(ctx, b)
     } else {
-        encap::tunnel(ctx, p, flow, hash, b, ctrl, mtu_check)
+        encap::tunnel(ctx, p, c.hash, b, ctrl, mtu_check)
     }
 }

@@ -51,7 +51,7 @@ pub fn handle(ctx: &XdpContext, p: &Packet, ctrl: &Ctrl) -> Result<Reason, Reaso
                 Some(c) => c,
                 None => select::new_flow(&flow, vip, ctrl, 0, now, false)?,
             };
-            let r = forward::to_backend(ctx, p, &flow, None, &choice, ctrl, false)?;
+            let r = forward::to_backend(ctx, p, &choice, ctrl, false)?;
             // DR/TUN forwarding of the error (a too-big answer is never sent for it).
             return Ok(if r == Reason::DropNoBackend {
                 r

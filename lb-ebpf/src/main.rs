@@ -99,13 +99,13 @@ fn try_lb(ctx: &XdpContext) -> Result<Reason, Reason> {
             &lb_common::FragVal {
                 backend: choice.id,
                 vip_idx: choice.vip_idx,
-                flow_hash: lb_common::hash::flow_hash(&p.flow),
+                flow_hash: choice.hash,
                 _pad: 0,
             },
             0,
         );
     }
-    forward::to_backend(ctx, &p, &p.flow, None, &choice, ctrl, true)
+    forward::to_backend(ctx, &p, &choice, ctrl, true)
 }
 
 #[inline(always)]
@@ -139,9 +139,10 @@ fn later_fragment(
     let choice = select::Choice {
         id: f.backend,
         vip_idx: f.vip_idx,
+        hash: f.flow_hash,
         new_conn: false,
     };
-    forward::to_backend(ctx, p, &p.flow, Some(f.flow_hash), &choice, ctrl, true)
+    forward::to_backend(ctx, p, &choice, ctrl, true)
 }
 
 #[xdp]

@@ -68,6 +68,8 @@ pub fn backend(id: u32) -> Option<&'static Backend> {
 pub struct Choice {
     pub id: u32,
     pub vip_idx: u32,
+    /// The flow's `flow_hash` (outer source, GUE port, flow label).
+    pub hash: u32,
     pub new_conn: bool,
 }
 
@@ -131,6 +133,7 @@ pub fn established(
     Some(Choice {
         id: c.backend,
         vip_idx: c.vip_idx,
+        hash: c.flow_hash,
         new_conn: false,
     })
 }
@@ -142,7 +145,8 @@ pub fn established(
 /// afresh, as IPVS does.
 #[inline(always)]
 pub fn syn(flow: &FlowKey, vip: &VipMeta, ctrl: &Ctrl, now: u64) -> Result<Choice, Reason> {
-    let id = persistent_or_scheduled(flow, vip, ctrl, now, true)?;
+    let hash = flow_hash(flow);
+    let id = persistent_or_scheduled(flow, hash, vip, ctrl, now, true)?;
     if backend(id).is_none() {
         return Err(Reason::DropNoBackend);
     }
@@ -153,11 +157,14 @@ pub fn syn(flow: &FlowKey, vip: &VipMeta, ctrl: &Ctrl, now: u64) -> Result<Choic
         last_seen_ns: now,
         vip_idx: vip.idx,
         vip_gen,
+        flow_hash: hash,
+        _pad: 0,
     };
     if CONNS.insert(flow, &conn, BPF_NOEXIST).is_ok() {
         return Ok(Choice {
             id,
             vip_idx: vip.idx,
+            hash,
             new_conn: true,
         });
     }
@@ -173,6 +180,7 @@ pub fn syn(flow: &FlowKey, vip: &VipMeta, ctrl: &Ctrl, now: u64) -> Result<Choic
             return Ok(Choice {
                 id: c.backend,
                 vip_idx: c.vip_idx,
+                hash,
                 new_conn: false,
             });
         }
@@ -181,6 +189,7 @@ pub fn syn(flow: &FlowKey, vip: &VipMeta, ctrl: &Ctrl, now: u64) -> Result<Choic
     Ok(Choice {
         id,
         vip_idx: vip.idx,
+        hash,
         new_conn: true,
     })
 }
@@ -197,7 +206,8 @@ pub fn new_flow(
     now: u64,
     track: bool,
 ) -> Result<Choice, Reason> {
-    let id = persistent_or_scheduled(flow, vip, ctrl, now, track)?;
+    let hash = flow_hash(flow);
+    let id = persistent_or_scheduled(flow, hash, vip, ctrl, now, track)?;
     if backend(id).is_none() {
         return Err(Reason::DropNoBackend);
     }
@@ -215,12 +225,15 @@ pub fn new_flow(
             last_seen_ns: now,
             vip_idx: vip.idx,
             vip_gen: VIP_GEN.get(vip.idx).copied().unwrap_or(0),
+            flow_hash: hash,
+            _pad: 0,
         };
         let _ = CONNS.insert(flow, &conn, 0);
     }
     Ok(Choice {
         id,
         vip_idx: vip.idx,
+        hash,
         new_conn: true,
     })
 }
@@ -228,13 +241,14 @@ pub fn new_flow(
 #[inline(always)]
 fn persistent_or_scheduled(
     flow: &FlowKey,
+    hash: u32,
     vip: &VipMeta,
     ctrl: &Ctrl,
     now: u64,
     track: bool,
 ) -> Result<u32, Reason> {
     if vip.persist_secs == 0 {
-        return schedule(flow, vip, ctrl);
+        return schedule(flow, hash, vip, ctrl);
     }
     let key = PersistKey {
         client: flow.src,
@@ -250,7 +264,7 @@ fn persistent_or_scheduled(
             return Ok(t.backend);
         }
     }
-    let id = schedule(flow, vip, ctrl)?;
+    let id = schedule(flow, hash, vip, ctrl)?;
     if !track {
         return Ok(id);
     }
@@ -268,7 +282,7 @@ fn persistent_or_scheduled(
 
 /// The scheduler proper: a slot of the VIP's table, by hash (mh, sh) or in sequence (rr, wrr).
 #[inline(always)]
-fn schedule(flow: &FlowKey, vip: &VipMeta, ctrl: &Ctrl) -> Result<u32, Reason> {
+fn schedule(flow: &FlowKey, hash: u32, vip: &VipMeta, ctrl: &Ctrl) -> Result<u32, Reason> {
     let ring = ctrl.ring_size;
     let pos = if vip.sched == SCHED_RR || vip.sched == SCHED_WRR {
         let Some(st) = RR_STATE.get_ptr_mut(vip.idx) else {
@@ -282,7 +296,7 @@ fn schedule(flow: &FlowKey, vip: &VipMeta, ctrl: &Ctrl) -> Result<u32, Reason> {
     } else if vip.sched == SCHED_SH {
         slot(src_hash(&flow.src), ring)
     } else {
-        slot(flow_hash(flow), ring)
+        slot(hash, ring)
     };
     let flat = vip.idx * ring + pos;
     match MAGLEV.get(flat >> 1) {
