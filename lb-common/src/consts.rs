@@ -95,6 +95,7 @@ pub mod map_names {
     pub const EVENTS: &str = "EVENTS";
     pub const EVENT_RL: &str = "EVENT_RL";
     pub const EVENT_STATS: &str = "EVENT_STATS";
+    pub const VIP_INDEX: &str = "VIP_INDEX";
     /// Every map of `xdp_lb`, for pinning.
     pub const ALL: &[&str] = &[
         VIPS,
@@ -115,6 +116,11 @@ pub mod map_names {
 /// addresses leaves after one array read instead of a hash lookup.
 pub const VIP_FILTER_WORDS: u32 = 1024;
 pub const VIP_FILTER_BITS: u32 = VIP_FILTER_WORDS * 64;
+
+/// VIP_INDEX: a direct-mapped copy of VIPS (`hash::vip_slot` picks the slot), read
+/// inline by XDP; a miss falls back to the VIPS hash map.
+pub const VIP_INDEX_BITS: u32 = 14;
+pub const VIP_INDEX_SLOTS: u32 = 1 << VIP_INDEX_BITS;
 
 /// Default map capacities (overridable at load time).
 pub const DEFAULT_MAX_VIPS: u32 = 256;

@@ -43,6 +43,21 @@ pub fn flow_hash(k: &FlowKey) -> u32 {
     fmix(h)
 }
 
+/// The VIP_INDEX slot of a VIP key (0..VIP_INDEX_SLOTS).
+#[inline(always)]
+pub fn vip_slot(k: &crate::VipKey) -> u32 {
+    let mut h = SEED ^ 0x5649; // distinct from the other hashes
+    h = mix(h, word(&k.addr, 0));
+    h = mix(h, word(&k.addr, 4));
+    h = mix(h, word(&k.addr, 8));
+    h = mix(h, word(&k.addr, 12));
+    h = mix(
+        h,
+        (k.port as u32) << 16 | (k.proto as u32) << 8 | k.family as u32,
+    );
+    fmix(h) >> (32 - crate::VIP_INDEX_BITS)
+}
+
 /// Hash of the client address alone (the `sh` scheduler's key: client affinity).
 #[inline(always)]
 pub fn src_hash(src: &[u8; 16]) -> u32 {

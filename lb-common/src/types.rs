@@ -48,6 +48,24 @@ pub struct VipMeta {
 }
 assert_size!(VipMeta, 24);
 
+/// VIP_INDEX element: one VIP (key and meta) cached in the slot its key hashes to.
+/// XDP finds a VIP here with an inline array read, where a VIPS lookup is a chain of
+/// kernel calls; VIPS stays the truth, and a slot that does not hold the key (empty,
+/// or taken by a colliding VIP) sends the lookup there.
+///
+/// The daemon writes slots through mmap, `live` last when it fills one and first when
+/// it empties one, so a reader that sees `live` and the key sees that VIP's meta.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipSlot {
+    pub key: VipKey,
+    /// 1 when `key` and `meta` hold a VIP.
+    pub live: u32,
+    pub meta: VipMeta,
+    pub _pad: [u32; 4],
+}
+assert_size!(VipSlot, 64);
+
 /// BACKENDS value, indexed by backend id (id 0 is never used).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -269,6 +287,7 @@ assert_size!(PassiveEvent, 24);
 pod!(
     VipKey,
     VipMeta,
+    VipSlot,
     Backend,
     FlowKey,
     Conn,

@@ -80,6 +80,110 @@ impl Drop for SlotMem {
     }
 }
 
+/// VIP_INDEX, written through mmap: each slot caches one of the VIPs whose key hashes
+/// to it (`hash::vip_slot`); XDP falls back to VIPS for the others. Address markers
+/// (proto 0) are not cached: only the cold paths look them up.
+struct VipIndex {
+    mem: SlotMem,
+    _map: MapData,
+    /// VIPs by slot, the slot's holder first.
+    by_slot: std::collections::HashMap<u32, Vec<(VipKey, VipMeta)>>,
+}
+
+/// u32 words of a `VipSlot`: key 0..5, live 5, meta 6..12.
+const SLOT_WORDS: usize = 16;
+const LIVE_WORD: usize = 5;
+
+impl VipIndex {
+    fn new(map: Map) -> Result<Self> {
+        let Map::Array(map) = map else {
+            bail!("VIP_INDEX is not an array")
+        };
+        let mem = SlotMem::new(&map, lb_common::VIP_INDEX_SLOTS * SLOT_WORDS as u32)?;
+        let index = VipIndex {
+            mem,
+            _map: map,
+            by_slot: Default::default(),
+        };
+        for s in 0..lb_common::VIP_INDEX_SLOTS {
+            index.write(s, None);
+        }
+        Ok(index)
+    }
+
+    fn set(&mut self, key: VipKey, meta: VipMeta) {
+        if key.proto == 0 {
+            return;
+        }
+        let slot = lb_common::hash::vip_slot(&key);
+        let vips = self.by_slot.entry(slot).or_default();
+        match vips.iter_mut().find(|(k, _)| *k == key) {
+            Some(e) => e.1 = meta,
+            None => vips.push((key, meta)),
+        }
+        let holder = vips.first().copied();
+        self.write(slot, holder);
+    }
+
+    fn remove(&mut self, key: &VipKey) {
+        let slot = lb_common::hash::vip_slot(key);
+        let Some(vips) = self.by_slot.get_mut(&slot) else {
+            return;
+        };
+        vips.retain(|(k, _)| k != key);
+        let holder = vips.first().copied();
+        if vips.is_empty() {
+            self.by_slot.remove(&slot);
+        }
+        self.write(slot, holder);
+    }
+
+    /// What the mapped slot of `key` holds, read back from the map's memory.
+    fn holder(&self, key: &VipKey) -> Option<(VipKey, VipMeta)> {
+        use std::sync::atomic::Ordering::Acquire;
+        let slot = lb_common::hash::vip_slot(key) as usize;
+        let w = &self.mem.slots()[slot * SLOT_WORDS..][..SLOT_WORDS];
+        if w[LIVE_WORD].load(Acquire) != 1 {
+            return None;
+        }
+        let kw: [u32; 5] = std::array::from_fn(|i| w[i].load(Acquire));
+        let mw: [u32; 6] = std::array::from_fn(|i| w[6 + i].load(Acquire));
+        // SAFETY: the inverse of `write`'s transmutes; every bit pattern is a valid key/meta.
+        Some(unsafe {
+            (
+                std::mem::transmute::<[u32; 5], VipKey>(kw),
+                std::mem::transmute::<[u32; 6], VipMeta>(mw),
+            )
+        })
+    }
+
+    /// Fills slot `slot` with `vip` (or empties it). A new key is written with `live`
+    /// cleared first and set last; a meta change of the same key is written in place.
+    fn write(&self, slot: u32, vip: Option<(VipKey, VipMeta)>) {
+        use std::sync::atomic::Ordering::{Acquire, Release};
+        let w = &self.mem.slots()[slot as usize * SLOT_WORDS..][..SLOT_WORDS];
+        let Some((key, meta)) = vip else {
+            w[LIVE_WORD].store(0, Release);
+            return;
+        };
+        // SAFETY: VipKey is repr(C, align(4)), 20 bytes of integers; VipMeta is six u32s.
+        let kw = unsafe { std::mem::transmute::<VipKey, [u32; 5]>(key) };
+        let mw = unsafe { std::mem::transmute::<VipMeta, [u32; 6]>(meta) };
+        let same_key =
+            w[LIVE_WORD].load(Acquire) == 1 && kw.iter().zip(w).all(|(k, c)| c.load(Acquire) == *k);
+        if !same_key {
+            w[LIVE_WORD].store(0, Release);
+            for (c, k) in w.iter().zip(kw) {
+                c.store(k, Release);
+            }
+        }
+        for (c, m) in w[6..12].iter().zip(mw) {
+            c.store(m, Release);
+        }
+        w[LIVE_WORD].store(1, Release);
+    }
+}
+
 /// The MAGLEV array's tables (see [`DataPlane::tables`]).
 #[derive(Clone, Copy)]
 pub struct Tables<'a> {
@@ -137,6 +241,7 @@ pub struct DataPlane {
     vip_gen: Array<MapData, u32>,
     events: Option<aya::maps::RingBuf<MapData>>,
     event_stats: PerCpuArray<MapData, u64>,
+    vip_index: VipIndex,
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
@@ -165,7 +270,7 @@ impl DataPlane {
             _ => bail!("VIP_FILTER is not an array"),
         };
         let filter = SlotMem::new(&filter_map, lb_common::VIP_FILTER_WORDS * 2)?;
-        let dp = DataPlane {
+        let mut dp = DataPlane {
             vips: take(&mut ebpf, m::VIPS)?.try_into()?,
             backends: take(&mut ebpf, m::BACKENDS)?.try_into()?,
             ctrl: take(&mut ebpf, m::CTRL)?.try_into()?,
@@ -181,9 +286,15 @@ impl DataPlane {
             vip_gen: take(&mut ebpf, m::VIP_GEN)?.try_into()?,
             events: Some(take(&mut ebpf, m::EVENTS)?.try_into()?),
             event_stats: take(&mut ebpf, m::EVENT_STATS)?.try_into()?,
+            vip_index: VipIndex::new(take(&mut ebpf, m::VIP_INDEX)?)?,
             ebpf,
             cap,
         };
+        // VIP_INDEX is a cache of VIPS: filled from it, whatever VIPS was adopted with.
+        let vips: Vec<(VipKey, VipMeta)> = dp.vips.iter().filter_map(|r| r.ok()).collect();
+        for (k, v) in vips {
+            dp.vip_index.set(k, v);
+        }
         Ok(dp)
     }
 
@@ -234,11 +345,21 @@ impl DataPlane {
         Ok(self.ctrl.get(&0, 0)?)
     }
 
+    /// VIPS first, then its cached copy in VIP_INDEX.
     pub fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<()> {
-        self.vips.insert(key, meta, 0).context("writing VIPS")
+        self.vips.insert(key, meta, 0).context("writing VIPS")?;
+        self.vip_index.set(*key, *meta);
+        Ok(())
     }
 
+    /// The VIP that VIP_INDEX holds in `key`'s slot (any key hashing there), if any.
+    pub fn vip_index_holder(&self, key: &VipKey) -> Option<(VipKey, VipMeta)> {
+        self.vip_index.holder(key)
+    }
+
+    /// VIP_INDEX's copy first, then VIPS: a packet never finds a removed VIP.
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
+        self.vip_index.remove(key);
         match self.vips.remove(key) {
             Ok(()) => Ok(()),
             Err(aya::maps::MapError::KeyNotFound) => Ok(()),

@@ -8,7 +8,7 @@ use aya_ebpf::{
 use lb_common::{
     Backend, Conn, Counters, Ctrl, DEFAULT_CONNS, DEFAULT_FRAGS, DEFAULT_MAX_BACKENDS,
     DEFAULT_MAX_VIPS, DEFAULT_PERSIST, DEFAULT_RING_SIZE, FlowKey, FragKey, FragVal, PersistKey,
-    PersistVal, REASON_SLOTS, VIP_FILTER_WORDS, VipKey, VipMeta,
+    PersistVal, REASON_SLOTS, VIP_FILTER_WORDS, VIP_INDEX_SLOTS, VipKey, VipMeta, VipSlot,
 };
 
 /// BPF_F_MMAPABLE: the daemon writes Maglev slots straight into the map's memory.
@@ -61,6 +61,11 @@ pub static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_SLOT
 /// Bitmap over VIP addresses (`hash::addr_filter_bit`), written by the daemon through mmap.
 #[map]
 pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, F_MMAPABLE);
+
+/// VIPS, direct-mapped by `hash::vip_slot` for an inline lookup (written by the daemon
+/// through mmap; a miss falls back to VIPS).
+#[map]
+pub static VIP_INDEX: Array<VipSlot> = Array::with_max_entries(VIP_INDEX_SLOTS, F_MMAPABLE);
 
 /// Generation of each VIP index; connection entries remember it.
 #[map]

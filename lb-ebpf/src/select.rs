@@ -6,11 +6,13 @@ use lb_common::{
     BACKEND_F_VALID, Backend, CONN_F_ACK_SEEN, CONN_F_FIN_SEEN, CONN_F_RST_SEEN, CONN_F_SYN_SEEN,
     CTRL_F_HAS_WILDCARD, Conn, Ctrl, FlowKey, NO_BACKEND, PersistKey, PersistVal, Reason, SCHED_RR,
     SCHED_SH, SCHED_WRR, VipKey, VipMeta,
-    hash::{addr_filter_bit, flow_hash, slot, src_hash},
+    hash::{addr_filter_bit, flow_hash, slot, src_hash, vip_slot},
 };
 
 use crate::counters;
-use crate::maps::{BACKENDS, CONNS, MAGLEV, PERSIST, RR_STATE, VIP_FILTER, VIP_GEN, VIPS};
+use crate::maps::{
+    BACKENDS, CONNS, MAGLEV, PERSIST, RR_STATE, VIP_FILTER, VIP_GEN, VIP_INDEX, VIPS,
+};
 
 const NS: u64 = 1_000_000_000;
 const TCP_FIN: u8 = 0x01;
@@ -29,14 +31,26 @@ pub fn vip(flow: &FlowKey, ctrl: &Ctrl) -> Option<&'static VipMeta> {
         proto: flow.proto,
         family: flow.family,
     };
-    if let Some(m) = unsafe { VIPS.get(&key) } {
+    if let Some(m) = vip_exact(&key) {
         return Some(m);
     }
     if ctrl.flags & CTRL_F_HAS_WILDCARD == 0 {
         return None;
     }
     key.port = 0;
-    unsafe { VIPS.get(&key) }
+    vip_exact(&key)
+}
+
+/// VIP_INDEX first (an inline read), VIPS when the slot holds another key or none.
+#[inline(always)]
+fn vip_exact(key: &VipKey) -> Option<&'static VipMeta> {
+    if let Some(s) = VIP_INDEX.get(vip_slot(key))
+        && s.live == 1
+        && s.key == *key
+    {
+        return Some(&s.meta);
+    }
+    unsafe { VIPS.get(key) }
 }
 
 /// Whether some VIP lives on the flow's destination address (the marker entry).

@@ -999,3 +999,71 @@ fn entries_age_on_the_data_plane_clock_and_expire() {
     assert_eq!(new_conns(&l), n + 1);
     assert!(seen(&l).last_seen_ns >= c.last_seen_ns + 1_000_000_000);
 }
+
+/// VIP_INDEX caches VIPS: a VIP is found in its slot; of two VIPs whose keys share a
+/// slot, one is cached and the other found through VIPS; removing the cached one
+/// hands the slot to the other and stops its traffic; a scheduler change of a cached
+/// VIP is seen at once.
+#[test]
+fn vip_index_caches_vips_and_collisions_fall_back() {
+    use lb_common::hash::vip_slot;
+    use lb_daemon::sync::vip_key;
+    // Two VIP addresses whose (addr, 80, tcp) keys share a slot.
+    let key = |i: u32| {
+        let a = IpAddr::from([10, 100 + (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+        (a, vip_key(a, 80, lb_common::PROTO_TCP))
+    };
+    let mut seen = std::collections::HashMap::new();
+    let (a, b) = (0..200_000u32)
+        .find_map(|i| {
+            let (addr, k) = key(i);
+            seen.insert(vip_slot(&k), addr).map(|other| (other, addr))
+        })
+        .expect("a collision among 200,000 keys in 16,384 slots");
+    let service = |addr: IpAddr, sched: &str, last: u8| {
+        format!(
+            "[[service]]\naddress = \"{addr}\"\nport = 80\nproto = \"tcp\"\nscheduler = \"{sched}\"\n\
+             [[service.backends]]\naddress = \"10.1.0.{last}\"\nforward = \"dr\"\nmac = \"02:00:00:00:01:{last:02x}\"\n"
+        )
+    };
+    let mut l = Lab::new().unwrap();
+    l.apply_toml(&(service(a, "mh", 1) + &service(b, "mh", 2)))
+        .unwrap();
+    let ka = vip_key(a, 80, lb_common::PROTO_TCP);
+    let kb = vip_key(b, 80, lb_common::PROTO_TCP);
+    let (held, _) = l.dp.vip_index_holder(&ka).expect("the slot holds a VIP");
+    assert!(held == ka || held == kb);
+    let (cached, other, cached_addr, other_addr, cached_mac, other_mac) = if held == ka {
+        (ka, kb, a, b, 1u8, 2u8)
+    } else {
+        (kb, ka, b, a, 2, 1)
+    };
+    let to = |addr: IpAddr, sport: u16| pkt::tcp("192.168.1.5", sport, &addr.to_string(), 80);
+    // Both reach their own backend: one through the index, one through VIPS.
+    assert_eq!(l.run(&to(cached_addr, 5000)).unwrap().out[5], cached_mac);
+    assert_eq!(l.run(&to(other_addr, 5001)).unwrap().out[5], other_mac);
+    // A scheduler change of the cached VIP is in its slot.
+    let rr = if cached_mac == 1 {
+        service(a, "rr", 1) + &service(b, "mh", 2)
+    } else {
+        service(a, "mh", 1) + &service(b, "rr", 2)
+    };
+    l.apply_toml(&rr).unwrap();
+    let (k, meta) = l.dp.vip_index_holder(&cached).unwrap();
+    assert_eq!((k, meta.sched), (cached, lb_common::SCHED_RR));
+    // Removing the cached VIP: the slot goes to the other, and the removed one's
+    // traffic passes.
+    let only_other = if cached_mac == 1 {
+        service(b, "mh", 2)
+    } else {
+        service(a, "mh", 1)
+    };
+    l.apply_toml(&only_other).unwrap();
+    assert_eq!(l.dp.vip_index_holder(&other).unwrap().0, other);
+    assert_eq!(l.run(&to(other_addr, 5002)).unwrap().out[5], other_mac);
+    let r = l.run(&to(cached_addr, 5003)).unwrap();
+    assert_eq!(r.action, XDP_PASS);
+    // And with no VIPs at all, the slot is empty.
+    l.apply_toml("").unwrap();
+    assert!(l.dp.vip_index_holder(&other).is_none());
+}
