@@ -1091,11 +1091,12 @@ fn check_config(
         );
     }
     // Far from the LRU maps' capacity, so nothing was evicted behind the model's back.
-    // CONNS has per-CPU LRU lists (BPF_F_NO_COMMON_LRU): each holds a share of it.
+    // An LRU map can evict before it is full (free entries wait in per-CPU lists): stay
+    // below half a CPU's share of the connection table.
     let cpus = aya::util::nr_cpus().map_or(1, |n| n.get() as usize);
     assert!(
         model.conns().len() < cap.conn_table as usize / cpus / 2,
-        "[{name}] too many connections for CONNS' per-CPU share: lower LB_DIFF_FRAMES"
+        "[{name}] too many connections for a CPU's share of CONNS: lower LB_DIFF_FRAMES"
     );
     assert!(model.frag_count() < (cap.frag_table / 2) as usize);
     assert!(model.persist_count() < (cap.persist_table / 2) as usize);
