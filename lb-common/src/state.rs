@@ -227,6 +227,32 @@ pub struct State {
 }
 
 impl State {
+    /// Every exec health-check command, with where it is set: (service, backend
+    /// override or None for the service's own).
+    pub fn exec_commands(&self) -> BTreeSet<(String, Option<IpAddr>, String)> {
+        let mut out = BTreeSet::new();
+        for s in &self.services {
+            let svc = s.id().to_string();
+            if let Some(c) = s
+                .health
+                .as_ref()
+                .and_then(|h| h.exec.as_ref()?.command.clone())
+            {
+                out.insert((svc.clone(), None, c));
+            }
+            for r in &s.backends {
+                if let Some(c) = r
+                    .health
+                    .as_ref()
+                    .and_then(|h| h.exec.as_ref()?.command.clone())
+                {
+                    out.insert((svc.clone(), Some(r.address), c));
+                }
+            }
+        }
+        out
+    }
+
     /// Checks the whole state; the error names the field and the reason.
     pub fn validate(&self, max_vips: u32, max_backends: u32) -> Result<()> {
         let mut seen = BTreeSet::new();

@@ -103,7 +103,32 @@ pub async fn require_token(
         )
         .into_response();
     }
+    let mut req = req;
+    req.extensions_mut().insert(OverTcp);
     next.run(req).await
+}
+
+/// Marks a request that came through the TCP listener (not the local unix socket).
+#[derive(Clone, Copy)]
+pub struct OverTcp;
+
+/// Exec health checks run shell commands as the daemon's user (root): a bearer token
+/// for the network API must not be a way to run commands on the balancer. Over TCP,
+/// a state may keep the exec commands it has but not add or change one.
+fn refuse_new_exec_over_tcp(current: &State, new: &State) -> Result<(), ApiError> {
+    let have = current.exec_commands();
+    match new.exec_commands().into_iter().find(|c| !have.contains(c)) {
+        None => Ok(()),
+        Some((svc, backend, cmd)) => Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "exec health check `{cmd}` on {svc}{}: exec checks run commands as root, so they \
+                 can be added or changed only through the local unix socket (lbctl on the \
+                 balancer) or the config file, not the TCP API",
+                backend.map(|b| format!(" backend {b}")).unwrap_or_default()
+            ),
+        )),
+    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -126,9 +151,13 @@ struct PutState {
 
 async fn put_state(
     AxState(ctx): AxState<Ctx>,
+    over_tcp: Option<axum::Extension<OverTcp>>,
     body: Result<Json<PutState>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult {
     let Json(body) = body.map_err(|e| bad(format!("request body: {}", e.body_text())))?;
+    if over_tcp.is_some() {
+        refuse_new_exec_over_tcp(&ctx.rt.lock().await.state, &body.state)?;
+    }
     // New MAC-less real servers are resolved first, without holding the lock.
     let unknown = ctx.rt.lock().await.unknown_paths(&body.state);
     let paths = match &ctx.netlink {

@@ -39,7 +39,7 @@ use std::{
 };
 
 use netns::{Lab, SERVERS, VIP};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const INTERVAL: f64 = 1.0;
 const FALL: f64 = 2.0;
@@ -71,7 +71,11 @@ fn backends_toml(health: Option<&str>) -> String {
 
 /// The services: 80 (nginx), 8080/8081 (test servers, checked on nginx's port 80),
 /// 81 (wrong status), 82 (missing body text), 83 (exec outliving its timeout).
-fn config(instance: &str, sleep_marker: &str) -> String {
+/// The daemon's TCP API (inside the LB namespace) and its bearer token.
+const TCP_API: &str = "127.0.0.1:9180";
+const TOKEN: &str = "e2e-health-token";
+
+fn config(instance: &str, sleep_marker: &str, token_file: &str) -> String {
     let svc = |port: u16, health: &str| {
         format!(
             "[[service]]\naddress = \"{VIP}\"\nport = {port}\nproto = \"tcp\"\nscheduler = \"mh\"\n{health}\n{}\n",
@@ -85,7 +89,7 @@ fn config(instance: &str, sleep_marker: &str) -> String {
     };
     [
         format!(
-            "[daemon]\ninterfaces = [\"{}\"]\ninstance = \"{instance}\"\n\n[capacity]\nmax_vips = 16\nmax_backends = 256\nconn_table = 65536\n\n[tunnel]\nsource_v4 = \"{}\"\n\n",
+            "[daemon]\ninterfaces = [\"{}\"]\ninstance = \"{instance}\"\napi_listen = \"{TCP_API}\"\napi_token_file = \"{token_file}\"\n\n[capacity]\nmax_vips = 16\nmax_backends = 256\nconn_table = 65536\n\n[tunnel]\nsource_v4 = \"{}\"\n\n",
             netns::LB_IF,
             netns::LB_ADDR
         ),
@@ -294,7 +298,17 @@ fn health_checks_take_backends_out_and_back_in_namespaces() {
     let _servers = TestServers::start(&lab);
     let marker = format!("sleep 30.{}", std::process::id());
     let cfg_path = lab.dir.join("lb.toml");
-    fs::write(&cfg_path, config(prefix.trim_end_matches('-'), &marker)).unwrap();
+    let token_file = lab.dir.join("token");
+    fs::write(&token_file, TOKEN).unwrap();
+    fs::write(
+        &cfg_path,
+        config(
+            prefix.trim_end_matches('-'),
+            &marker,
+            token_file.to_str().unwrap(),
+        ),
+    )
+    .unwrap();
     let sock = lab.dir.join("api.sock");
     let state_file = lab.dir.join("state.json");
     lab.start_daemon(
@@ -657,6 +671,8 @@ fn health_checks_take_backends_out_and_back_in_namespaces() {
         assert_eq!(out, format!("200 {BIG}"), "{what} transfer ({label})");
     }
 
+    tcp_api_cannot_add_exec_checks(&lab, &api);
+
     lab.stop_daemon().expect("stopping lb-daemon");
     sleep(Duration::from_millis(200));
     assert_eq!(
@@ -666,4 +682,83 @@ fn health_checks_take_backends_out_and_back_in_namespaces() {
     );
     lab.cleanup().expect("cleaning up");
     assert!(netns::namespaces(&prefix).unwrap().is_empty());
+}
+
+/// The service on `port` in a state's JSON.
+fn service_on(state: &mut Value, port: u16) -> &mut Value {
+    state["service"]
+        .as_array_mut()
+        .expect("a service list")
+        .iter_mut()
+        .find(|s| s["port"] == port)
+        .unwrap_or_else(|| panic!("no service on :{port}"))
+}
+
+/// PUT /v1/state over the TCP API (curl in the LB namespace): (status, body).
+fn put_over_tcp(lab: &Lab, token: Option<&str>, body: &Value) -> (u16, String) {
+    let file = lab.dir.join("put.json");
+    fs::write(&file, body.to_string()).unwrap();
+    let mut c = Command::new("ip");
+    c.args([
+        "netns",
+        "exec",
+        &lab.ns("lb"),
+        "curl",
+        "-s",
+        "--max-time",
+        "5",
+    ]);
+    c.args(["-X", "PUT", "-H", "content-type: application/json"]);
+    if let Some(t) = token {
+        c.args(["-H", &format!("authorization: Bearer {t}")]);
+    }
+    c.arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .args(["-w", "\n%{http_code}"])
+        .arg(format!("http://{TCP_API}/v1/state"));
+    let out = c.output().expect("running curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').expect("curl printed the status");
+    (
+        code.trim().parse().expect("an HTTP status"),
+        body.to_string(),
+    )
+}
+
+/// Exec checks run commands as root: over the token-protected TCP API a state may keep
+/// the exec checks it has, but not add or change one; the unix socket may.
+fn tcp_api_cannot_add_exec_checks(lab: &Lab, api: &Api) {
+    let cur = api.get("/v1/state");
+    let generation = cur["generation"].as_u64().unwrap();
+    let state = cur["state"].clone();
+    let put = |s: &Value, g: u64| json!({ "generation": g, "state": s });
+    // No token, wrong token: refused before anything is read.
+    assert_eq!(put_over_tcp(lab, None, &put(&state, generation)).0, 401);
+    assert_eq!(
+        put_over_tcp(lab, Some("nope"), &put(&state, generation)).0,
+        401
+    );
+    // An exec check added to :80 over TCP: 403, and nothing changes.
+    let mut with_exec = state.clone();
+    service_on(&mut with_exec, 80)["health"] =
+        json!({ "type": "exec", "exec": { "command": "touch /tmp/owned" } });
+    let (code, body) = put_over_tcp(lab, Some(TOKEN), &put(&with_exec, generation));
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body.contains("exec health check `touch /tmp/owned` on tcp")
+            && body.contains("only through the local unix socket"),
+        "{body}"
+    );
+    let after = api.get("/v1/state");
+    assert_eq!(after["generation"].as_u64(), Some(generation));
+    assert_eq!(after["state"], state);
+    // The same state as before (its :83 exec check kept) is accepted over TCP.
+    let (code, body) = put_over_tcp(lab, Some(TOKEN), &put(&state, generation));
+    assert_eq!(code, 200, "{body}");
+    // Changing the existing exec command over TCP is refused too.
+    let generation = generation + 1;
+    let mut changed = state.clone();
+    service_on(&mut changed, 83)["health"]["exec"]["command"] = json!("id");
+    let (code, body) = put_over_tcp(lab, Some(TOKEN), &put(&changed, generation));
+    assert_eq!(code, 403, "{body}");
 }
