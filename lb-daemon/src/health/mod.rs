@@ -548,13 +548,13 @@ impl Health {
 
     /// The results of the half-open scheduler, under one lock of the table. A result
     /// of a check no longer the backend's (removed or replaced meanwhile) is dropped.
-    fn report_batch(&self, done: Vec<sched::Done>) {
+    fn report_batch(&self, done: &mut Vec<sched::Done>) {
         let now = self.now_ms();
         let unix_time = unix_now();
         let mut t = self.table();
         let mut stats = self.inner.stats.lock().unwrap_or_else(|e| e.into_inner());
         let mut changed = false;
-        for d in done {
+        for d in done.drain(..) {
             let r = Report {
                 ok: d.ok,
                 detail: d.detail,
@@ -1439,14 +1439,27 @@ mac = "02:00:00:00:00:16"
     /// Half-open checks on the scheduler, in a namespace of their own: an open port
     /// passes, a closed one is refused (after its retry), a black-holed one times out,
     /// a passive report triggers an immediate check; nothing reaches the listener.
+    /// With few checks the receive task wakes the scheduler with the answers.
     #[test]
     fn half_open_checks_run_on_the_scheduler() {
+        scheduler_case(0);
+    }
+
+    /// The same with 600 more checks a second: the scheduler reads the answers itself.
+    #[test]
+    fn half_open_checks_run_on_the_polling_scheduler() {
+        scheduler_case(600);
+    }
+
+    /// [`half_open_checks_run_on_the_scheduler`] with `extra` more backends checked
+    /// every second against the open port.
+    fn scheduler_case(extra: usize) {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             eprintln!("skipped: raw sockets and namespaces need root");
             return;
         }
-        std::thread::spawn(|| {
+        std::thread::spawn(move || {
             // SAFETY: unshare(2) moves only this thread into a new namespace (gone with it).
             assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
             for cmd in [
@@ -1525,12 +1538,20 @@ mac = "02:00:00:00:00:16"
                     for (r, p) in st.services[0].backends.iter_mut().zip(params) {
                         r.health = Some(Box::new(p));
                     }
+                    let template = st.services[0].backends[0].clone();
+                    for i in 0..extra {
+                        let mut r = template.clone();
+                        r.address = format!("10.1.{}.{}", i / 250, i % 250 + 1).parse().unwrap();
+                        r.health.as_mut().unwrap().interval = Some(lb_common::state::Dur::secs(1));
+                        st.services[0].backends.push(r);
+                    }
                     let h = Health::new();
                     h.use_engine(engine.clone());
                     h.configure(&st);
                     h.start_checks();
-                    assert_eq!(h.scheduled_checks(), 4);
+                    assert_eq!(h.scheduled_checks(), 4 + extra);
                     tokio::time::sleep(Duration::from_millis(800)).await;
+                    assert_eq!(engine.polled(), extra > 0);
                     let before = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .unwrap()
@@ -1571,6 +1592,11 @@ mac = "02:00:00:00:00:16"
                             .iter()
                             .any(|e| e.new == "DOWN-WAIT" && e.backend == Some(b[3].address))
                     );
+                    let extra_ok = b[4..]
+                        .iter()
+                        .filter(|b| b.checks >= 1 && b.failures == 0)
+                        .count();
+                    assert_eq!(extra_ok, extra, "every extra backend checked, and passing");
                     match open.accept() {
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                         other => panic!("the listener accepted a connection: {other:?}"),

@@ -36,7 +36,7 @@ use tokio::time::Instant;
 use super::{
     BackendKey, Health, Inner,
     checks::{
-        halfopen::{Answer, BatchAnswer, BatchSink, HalfOpen, Syn},
+        halfopen::{Answer, BatchAnswer, BatchSink, HalfOpen, ROUTE_TTL, Syn},
         io_detail,
     },
 };
@@ -48,6 +48,10 @@ const FIRST_RTO: Duration = Duration::from_secs(1);
 const AGAIN: Duration = Duration::from_millis(1);
 /// Tries of a SYN the send buffer has no room for, before the attempt fails.
 const SEND_TRIES: u8 = 5;
+/// From this many checks a second on, the task reads the answers itself every
+/// millisecond (it wakes that often anyway) instead of the receive task being woken
+/// by each one and waking it in turn.
+const POLL_RATE: f64 = 500.0;
 
 /// A check's handle: its slot in the scheduler and that slot's generation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +81,27 @@ struct State {
     slots: Vec<Slot>,
     free: Vec<u32>,
     wheel: Wheel,
+    /// Checks a second, all together.
+    rate: f64,
+    /// Checks of IPv4 and IPv6 targets.
+    v4: usize,
+    v6: usize,
+}
+
+impl State {
+    fn count(&mut self, s: &Sched, sign: f64) {
+        self.rate += sign / s.interval.as_secs_f64().max(0.001);
+        let n = if s.target.is_ipv6() {
+            &mut self.v6
+        } else {
+            &mut self.v4
+        };
+        if sign > 0.0 {
+            *n += 1;
+        } else {
+            *n -= 1;
+        }
+    }
 }
 
 /// Milliseconds the wheel spans; later times wait in its heap.
@@ -163,6 +188,9 @@ struct Sched {
     /// An immediate check is asked for (after the running one, if any).
     triggered: bool,
     run: Option<Run>,
+    /// The source address for the target and when it was looked up (see
+    /// [`HalfOpen::source_for`]; kept here, no shared cache to look up per probe).
+    source: Option<(IpAddr, Instant)>,
 }
 
 /// A check under way.
@@ -223,6 +251,9 @@ impl Scheduler {
                 slots: Vec::new(),
                 free: Vec::new(),
                 wheel: Wheel::new(),
+                rate: 0.0,
+                v4: 0,
+                v6: 0,
             }),
         }
     }
@@ -255,8 +286,7 @@ impl Scheduler {
                 (st.slots.len() - 1) as u32
             }
         };
-        let slot = &mut st.slots[index as usize];
-        slot.check = Some(Sched {
+        let sched = Sched {
             key,
             target: check.target,
             interval,
@@ -267,7 +297,11 @@ impl Scheduler {
             at: first,
             triggered: false,
             run: None,
-        });
+            source: None,
+        };
+        st.count(&sched, 1.0);
+        let slot = &mut st.slots[index as usize];
+        slot.check = Some(sched);
         let generation = slot.generation;
         st.wheel.push((first, index, generation));
         drop(st);
@@ -288,6 +322,7 @@ impl Scheduler {
         let Some(s) = slot.check.take() else { return };
         slot.generation = slot.generation.wrapping_add(1);
         st.free.push(id.index);
+        st.count(&s, -1.0);
         drop(st);
         if let Some(Run {
             attempt: Attempt::Probe(p),
@@ -323,12 +358,30 @@ impl Scheduler {
     pub async fn run(self: Arc<Self>, health: Weak<Inner>) {
         let mut answers: Vec<BatchAnswer> = Vec::new();
         let mut due: Vec<Timer> = Vec::new();
+        // Buffers kept from pass to pass.
+        let mut pass = Pass::default();
+        let mut syns: Vec<Syn> = Vec::new();
         // SYNs the send buffer had no room for, tried again a millisecond later.
         let mut again: Vec<Out> = Vec::new();
         let sleep = tokio::time::sleep_until(Instant::now());
         tokio::pin!(sleep);
         loop {
-            let next = lock(&self.state).wheel.next_due();
+            let (next, polling, v4, v6) = {
+                let st = lock(&self.state);
+                (
+                    st.wheel.next_due(),
+                    st.rate >= POLL_RATE,
+                    st.v4 > 0,
+                    st.v6 > 0,
+                )
+            };
+            self.engine.set_polled(polling);
+            let soon = Instant::now() + AGAIN;
+            let next = match next {
+                Some(t) if polling => Some(t.min(soon)),
+                None if polling => Some(soon),
+                t => t,
+            };
             let next = match (next, again.is_empty()) {
                 (t, false) => {
                     Some(t.map_or(Instant::now() + AGAIN, |t| t.min(Instant::now() + AGAIN)))
@@ -345,14 +398,15 @@ impl Scheduler {
                 }
                 None => self.sink.wake.notified().await,
             }
-            // The receive task may have gone with another runtime.
-            self.engine.ensure_receiver();
+            if polling {
+                self.engine.poll(v4, v6);
+            } else {
+                // The receive task may have gone with another runtime.
+                self.engine.ensure_receiver();
+            }
             let now = Instant::now();
             self.sink.take_into(&mut answers);
-            let mut pass = Pass {
-                out: std::mem::take(&mut again),
-                ..Default::default()
-            };
+            pass.out.append(&mut again);
             {
                 let mut st = lock(&self.state);
                 for a in answers.drain(..) {
@@ -372,11 +426,12 @@ impl Scheduler {
                 }
             }
             if !pass.out.is_empty() {
-                let syns: Vec<Syn> = pass.out.iter().map(|o| o.syn).collect();
+                syns.clear();
+                syns.extend(pass.out.iter().map(|o| o.syn));
                 let results = self.engine.send_many(&syns);
                 let mut st = lock(&self.state);
-                let out = std::mem::take(&mut pass.out);
-                for (mut o, r) in out.into_iter().zip(results) {
+                let mut out = std::mem::take(&mut pass.out);
+                for (mut o, r) in out.drain(..).zip(results) {
                     let Err(e) = r else { continue };
                     let full = matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::ENOBUFS));
                     if full && o.tries + 1 < SEND_TRIES {
@@ -386,14 +441,17 @@ impl Scheduler {
                     }
                     st.send_failed(&self.engine, o.id, o.isn, &e, now, &mut pass);
                 }
+                // The buffer kept for the next pass.
+                pass.out = out;
             }
             let Some(inner) = health.upgrade() else {
                 return;
             };
             let h = Health { inner };
             h.record_spreads(&pass.spread);
+            pass.spread.clear();
             if !pass.done.is_empty() {
-                h.report_batch(pass.done);
+                h.report_batch(&mut pass.done);
             }
         }
     }
@@ -514,9 +572,21 @@ impl State {
         let Some(s) = self.get(id) else { return };
         let target = s.target;
         let timeout = s.timeout;
+        let cached = s
+            .source
+            .filter(|(_, at)| now.saturating_duration_since(*at) < ROUTE_TTL);
+        let looked_up = match cached {
+            Some((src, _)) => Ok(src),
+            None => engine.source_for(target),
+        };
+        if cached.is_none()
+            && let Ok(src) = looked_up
+        {
+            s.source = Some((src, now));
+        }
         let run = s.run.as_mut().expect("a check under way");
         run.attempts += 1;
-        let source = match engine.source_for(target) {
+        let source = match looked_up {
             Ok(src) => src,
             Err(e) => {
                 run.attempt = Attempt::Probe(Probe {

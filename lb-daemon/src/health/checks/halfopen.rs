@@ -194,6 +194,8 @@ pub struct HalfOpen {
     port_freed: Notify,
     routes: Mutex<HashMap<IpAddr, (IpAddr, Instant)>>,
     receiving: AtomicBool,
+    /// A batch sender reads the sockets itself ([`HalfOpen::poll`]): no receive task.
+    polled: AtomicBool,
     receiver_start: Mutex<()>,
     /// Segments and ICMP errors the receive task read (the filter's effect is visible here).
     received: AtomicU64,
@@ -281,6 +283,7 @@ impl HalfOpen {
             port_freed: Notify::new(),
             routes: Mutex::new(HashMap::new()),
             receiving: AtomicBool::new(false),
+            polled: AtomicBool::new(false),
             receiver_start: Mutex::new(()),
             received: AtomicU64::new(0),
         })
@@ -346,9 +349,10 @@ impl HalfOpen {
         }
     }
 
-    /// Starts the receive task on the current runtime unless one runs.
+    /// Starts the receive task on the current runtime unless one runs (or the sockets
+    /// are polled).
     pub fn ensure_receiver(self: &Arc<Self>) {
-        if self.receiving.load(Ordering::Acquire) {
+        if self.receiving.load(Ordering::Acquire) || self.polled.load(Ordering::Acquire) {
             return;
         }
         let _one = lock(&self.receiver_start);
@@ -357,6 +361,33 @@ impl HalfOpen {
         }
         self.receiving.store(true, Ordering::Release);
         tokio::spawn(receive(ReceiverGuard(self.clone())));
+    }
+
+    /// Whether a batch sender polls the sockets ([`HalfOpen::poll`]) rather than
+    /// have the receive task woken by each answer. On, the receive task ends at its
+    /// next wake-up, and the poller completes every pending probe, [`HalfOpen::probe`]'s
+    /// too.
+    pub fn set_polled(&self, on: bool) {
+        self.polled.store(on, Ordering::Release);
+    }
+
+    /// Whether the sockets are polled (see [`HalfOpen::set_polled`]).
+    pub fn polled(&self) -> bool {
+        self.polled.load(Ordering::Acquire)
+    }
+
+    /// Reads, without waiting, what the sockets of the families asked for hold, and
+    /// completes the probes it answers (a batch sender's answers go to its sink).
+    pub fn poll(&self, v4: bool, v6: bool) {
+        for (fd, is_v6) in [(&self.v4, false), (&self.v6, true)] {
+            let Some(fd) = fd else { continue };
+            if !(if is_v6 { v6 } else { v4 }) {
+                continue;
+            }
+            if drain_segments(self, fd.as_raw_fd(), is_v6) {
+                drain_errors(self, fd.as_raw_fd(), is_v6);
+            }
+        }
     }
 
     /// The source address for `target` (cached route lookup).
@@ -597,8 +628,11 @@ impl HalfOpen {
             }
         }
         drop(pending);
-        for s in woken {
-            s.wake.notify_one();
+        // A poller takes the answers right after its read: no wake-up for it.
+        if !self.polled.load(Ordering::Acquire) {
+            for s in woken {
+                s.wake.notify_one();
+            }
         }
     }
 
@@ -736,6 +770,10 @@ async fn receive(guard: ReceiverGuard) {
                 return;
             }
         };
+        if engine.polled.load(Ordering::Acquire) {
+            // A batch sender reads the sockets: no wake-up per answer.
+            return;
+        }
         let fd = g.get_ref().as_raw_fd();
         if g.ready().is_error() {
             drain_errors(engine, fd, v6);
@@ -757,7 +795,9 @@ async fn ready(
 /// Reads per recvmmsg(2).
 const RX_BATCH: usize = 32;
 
-fn drain_segments(engine: &HalfOpen, fd: RawFd, v6: bool) {
+/// Reads the segments queued on a raw socket; whether a read reported an ICMP error
+/// (its details are then in the error queue).
+fn drain_segments(engine: &HalfOpen, fd: RawFd, v6: bool) -> bool {
     let mut bufs = [[0u8; 128]; RX_BATCH];
     // SAFETY: zeroed sockaddr_in6s are valid values.
     let mut names: [libc::sockaddr_in6; RX_BATCH] = unsafe { zeroed() };
@@ -768,6 +808,7 @@ fn drain_segments(engine: &HalfOpen, fd: RawFd, v6: bool) {
     // SAFETY: zeroed mmsghdrs are valid values; filled in below.
     let mut hdrs: [libc::mmsghdr; RX_BATCH] = unsafe { zeroed() };
     let mut replies = Vec::with_capacity(RX_BATCH);
+    let mut errored = false;
     loop {
         for (i, h) in hdrs.iter_mut().enumerate() {
             h.msg_hdr.msg_name = (&raw mut names[i]).cast();
@@ -789,10 +830,13 @@ fn drain_segments(engine: &HalfOpen, fd: RawFd, v6: bool) {
         if n < 0 {
             let e = io::Error::last_os_error();
             match e.raw_os_error() {
-                Some(libc::EAGAIN) => return,
-                // EINTR, or an ICMP error (sk_err) reported, and cleared, by this read
-                // (its details are in the error queue).
-                _ => continue,
+                Some(libc::EAGAIN) => return errored,
+                Some(libc::EINTR) => continue,
+                // An ICMP error (sk_err) reported, and cleared, by this read.
+                _ => {
+                    errored = true;
+                    continue;
+                }
             }
         }
         let n = n as usize;
@@ -820,7 +864,7 @@ fn drain_segments(engine: &HalfOpen, fd: RawFd, v6: bool) {
         // A short read emptied the queue; what arrives later makes the socket ready
         // again (edge-triggered), so no read just to see EAGAIN.
         if n < RX_BATCH {
-            return;
+            return errored;
         }
     }
 }
