@@ -1603,6 +1603,7 @@ mac = "02:00:00:00:00:16"
                     }
                     h.stop_checks();
                     assert_eq!(h.scheduled_checks(), 0);
+                    assert!(!engine.polled(), "the receive task's again once stopped");
                 });
         })
         .join()

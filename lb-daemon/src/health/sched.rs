@@ -323,6 +323,11 @@ impl Scheduler {
         slot.generation = slot.generation.wrapping_add(1);
         st.free.push(id.index);
         st.count(&s, -1.0);
+        if st.rate < POLL_RATE {
+            // No task may be left to poll (the checks are being stopped): answers to
+            // other users of the engine need the receive task again.
+            self.engine.set_polled(false);
+        }
         drop(st);
         if let Some(Run {
             attempt: Attempt::Probe(p),
