@@ -685,6 +685,12 @@ fn run_mode(net: Option<&Net>, mode: TcpMode) -> Result<ModeRun> {
     let accepted = read_line(&mut lout, "listener process");
     let _ = listeners.wait();
     let (r, napi_host, napi_peer) = result?;
+    // Else the listeners' kernel work ran in the sender's softirq after all (veth
+    // without NAPI): the split this bench is about would be wrong.
+    ensure!(
+        net.is_none() || (napi_host > 0.0 && napi_peer > 0.0),
+        "the veth NAPI threads did no work (host {napi_host:.1}%, peer {napi_peer:.1}%)"
+    );
     let accepted = accepted?;
     let accepted: u64 = match accepted.strip_prefix("accepted ") {
         Some(n) => n.parse()?,
