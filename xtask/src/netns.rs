@@ -73,7 +73,7 @@ pub const SERVERS: [Server; 3] = [
 
 /// Maps of the XDP object that only `xdp_lb` uses: shrunk so that loading the object
 /// for `xdp_pass` / `xdp_decap` does not allocate the data plane's full-size tables.
-const UNUSED_MAPS: [&str; 9] = [
+pub const UNUSED_MAPS: [&str; 9] = [
     "VIPS",
     "MAGLEV",
     "BACKENDS",

@@ -10,10 +10,15 @@
 //! - [`stats`]: check durations, failures by reason and transitions, for the exporter.
 //! - [`api`]: `GET /v1/health`, `GET /v1/events`.
 //!
-//! [`Health`] is the handle the runtime owns. Each actively checked backend has one
-//! lightweight tokio task (no thread per check) that sleeps until its next slot; the
-//! first slot of each is drawn uniformly over its interval, so that 10,000 backends do
-//! not fire at once, and the later ones follow at a fixed rate. Results and passive
+//! - [`sched`]: the scheduler that runs every half-open tcp check from one task.
+//!
+//! [`Health`] is the handle the runtime owns. Half-open tcp checks (the default tcp
+//! mode) all run on one scheduler task: a heap of next-due times, the SYNs due in the
+//! same millisecond sent with one sendmmsg, the answers taken in batches and the
+//! results applied under one lock of the table. Every other check has one lightweight
+//! tokio task per backend (no thread per check) that sleeps until its next slot. Either
+//! way the first slot of each is drawn uniformly over its interval, so that 10,000
+//! backends do not fire at once, and the later ones follow at a fixed rate. Results and passive
 //! reports ([`Health::input`]) go through the machines; when that changes what the
 //! tables should hold, the watch channel [`Health::subscribe`] ticks and the applier
 //! task ([`start`]) re-applies the running state through [`Health::effective`]:
@@ -26,12 +31,13 @@ pub mod checks;
 pub mod events;
 pub mod machine;
 pub mod passive;
+mod sched;
 pub mod stats;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
-    sync::{Arc, Mutex, Weak},
+    sync::{Arc, Mutex, OnceLock, Weak},
     time::Duration,
 };
 
@@ -79,7 +85,7 @@ struct Entry {
     machine: Machine,
     params: Params,
     check: Option<Arc<ResolvedCheck>>,
-    task: Option<AbortHandle>,
+    task: Option<Runner>,
     /// Wakes the check task for an immediate check (a passive report to confirm).
     trigger: Arc<Notify>,
     last: Option<LastResult>,
@@ -98,9 +104,23 @@ struct SvcEntry {
     sorry_active: bool,
 }
 
+/// What runs a backend's checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Runner {
+    /// Its own task ([`check_loop`]).
+    Task(tokio::task::Id),
+    /// The half-open scheduler ([`sched`]).
+    Scheduled(sched::Id),
+}
+
 #[derive(Default)]
 struct Table {
     backends: HashMap<BackendKey, Entry>,
+    /// Backends whose machine has a deadline (a hold-down, DOWN-WAIT, warm-up step):
+    /// the only ones [`Health::tick`] looks at.
+    timed: HashSet<BackendKey>,
+    /// The check tasks, by id ([`Runner::Task`]).
+    tasks: HashMap<tokio::task::Id, AbortHandle>,
     services: BTreeMap<ServiceId, SvcEntry>,
     /// Backends that went DOWN with `on_down = "reset"`: their connection entries go.
     resets: Vec<BackendKey>,
@@ -117,6 +137,10 @@ struct Inner {
     spread: Mutex<Option<Vec<f32>>>,
     /// Check durations and failures by type, transitions: for the exporter.
     stats: Mutex<stats::CheckStats>,
+    /// The half-open scheduler, made with the first half-open check (None: raw
+    /// sockets unavailable), and its task.
+    sched: OnceLock<Option<Arc<sched::Scheduler>>>,
+    sched_task: Mutex<Option<AbortHandle>>,
 }
 
 /// The health checker: cheap to clone, shared by the runtime, the API and the exporter.
@@ -149,6 +173,8 @@ impl Health {
                 handle: Mutex::new(None),
                 spread: Mutex::new(None),
                 stats: Mutex::new(stats::CheckStats::default()),
+                sched: OnceLock::new(),
+                sched_task: Mutex::new(None),
             }),
         }
     }
@@ -230,27 +256,38 @@ impl Health {
                     entry.machine.reconfigure(&entry.params, &params);
                     entry.params = params;
                 }
+                let mut stop = None;
                 if entry.check.as_deref() != check.as_deref() {
-                    if let Some(task) = entry.task.take() {
-                        task.abort();
-                    }
+                    stop = entry.task.take();
                     entry.check = check;
                     entry.last = None;
                 }
-                if entry.task.is_none()
-                    && let (Some(c), Some(h)) = (&entry.check, &handle)
-                {
-                    entry.task = Some(self.spawn_check(h, key, c.clone(), entry.trigger.clone()));
+                let start = match (&entry.task, &entry.check, &handle) {
+                    (None, Some(c), Some(h)) => Some((c.clone(), entry.trigger.clone(), h)),
+                    _ => None,
+                };
+                if let Some(r) = stop {
+                    self.stop_runner(&mut t, r);
                 }
+                if let Some((c, trigger, h)) = start {
+                    let r = self.spawn_check(&mut t, h, key, c, trigger);
+                    t.backends.get_mut(&key).expect("inserted").task = Some(r);
+                }
+                t.track(key, now);
             }
         }
-        t.backends.retain(|k, e| {
-            let keep = seen.contains(k);
-            if !keep && let Some(task) = e.task.take() {
-                task.abort();
+        let gone: Vec<BackendKey> = t
+            .backends
+            .keys()
+            .filter(|k| !seen.contains(*k))
+            .copied()
+            .collect();
+        for k in gone {
+            if let Some(r) = t.backends.remove(&k).and_then(|e| e.task) {
+                self.stop_runner(&mut t, r);
             }
-            keep
-        });
+            t.timed.remove(&k);
+        }
         t.services = services;
         t.resets.retain(|k| seen.contains(k));
         self.publish(&mut t, now, None);
@@ -268,7 +305,9 @@ impl Health {
             if e.task.is_none()
                 && let Some(c) = e.check.clone()
             {
-                e.task = Some(self.spawn_check(&handle, key, c, e.trigger.clone()));
+                let trigger = e.trigger.clone();
+                let r = self.spawn_check(&mut t, &handle, key, c, trigger);
+                t.backends.get_mut(&key).expect("listed").task = Some(r);
             }
         }
         if t.ticker.is_none() {
@@ -293,32 +332,122 @@ impl Health {
     pub fn stop_checks(&self) {
         *self.inner.handle.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let mut t = self.table();
-        for e in t.backends.values_mut() {
-            if let Some(task) = e.task.take() {
-                task.abort();
-            }
+        let runners: Vec<Runner> = t
+            .backends
+            .values_mut()
+            .filter_map(|e| e.task.take())
+            .collect();
+        for r in runners {
+            self.stop_runner(&mut t, r);
         }
         if let Some(task) = t.ticker.take() {
             task.abort();
         }
+        if let Some(task) = self
+            .inner
+            .sched_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            task.abort();
+        }
     }
 
+    /// Starts the checks of `key`: with the half-open scheduler when it can run them,
+    /// else in a task of their own.
     fn spawn_check(
         &self,
+        t: &mut Table,
         handle: &tokio::runtime::Handle,
         key: BackendKey,
         check: Arc<ResolvedCheck>,
         trigger: Arc<Notify>,
-    ) -> AbortHandle {
+    ) -> Runner {
+        if sched::Scheduler::handles(&check)
+            && let Some(s) = self.scheduler()
+            && s.engine().supports(&check.target)
+        {
+            let mut task = self
+                .inner
+                .sched_task
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if task.as_ref().is_none_or(AbortHandle::is_finished) {
+                let weak = Arc::downgrade(&self.inner);
+                *task = Some(handle.spawn(s.clone().run(weak)).abort_handle());
+            }
+            return Runner::Scheduled(s.add(key, &check));
+        }
         let weak = Arc::downgrade(&self.inner);
-        handle
+        let a = handle
             .spawn(check_loop(weak, key, check, trigger))
-            .abort_handle()
+            .abort_handle();
+        let id = a.id();
+        t.tasks.insert(id, a);
+        Runner::Task(id)
+    }
+
+    fn stop_runner(&self, t: &mut Table, r: Runner) {
+        match r {
+            Runner::Task(id) => {
+                if let Some(a) = t.tasks.remove(&id) {
+                    a.abort();
+                }
+            }
+            Runner::Scheduled(id) => {
+                if let Some(s) = self.scheduler() {
+                    s.remove(id);
+                }
+            }
+        }
+    }
+
+    /// The half-open scheduler (made on first use); None without raw sockets.
+    fn scheduler(&self) -> Option<&Arc<sched::Scheduler>> {
+        self.inner
+            .sched
+            .get_or_init(|| {
+                checks::halfopen::shared().map(|e| Arc::new(sched::Scheduler::new(e.clone())))
+            })
+            .as_ref()
+    }
+
+    /// Half-open checks go through `engine` rather than the process-wide one (a test's,
+    /// in a namespace of its own). Before any check starts.
+    #[cfg(test)]
+    fn use_engine(&self, engine: Arc<checks::halfopen::HalfOpen>) {
+        let s = Some(Arc::new(sched::Scheduler::new(engine)));
+        assert!(self.inner.sched.set(s).is_ok(), "a scheduler already");
+    }
+
+    /// Checks run by the half-open scheduler (the others have a task each).
+    pub fn scheduled_checks(&self) -> usize {
+        self.inner
+            .sched
+            .get()
+            .and_then(Option::as_ref)
+            .map_or(0, |s| s.len())
     }
 
     /// Records |actual − scheduled| start times of checks (for the benchmark).
     pub fn record_spread(&self, on: bool) {
         *self.inner.spread.lock().unwrap_or_else(|e| e.into_inner()) = on.then(Vec::new);
+    }
+
+    fn record_spreads(&self, ms: &[f32]) {
+        if ms.is_empty() {
+            return;
+        }
+        if let Some(v) = self
+            .inner
+            .spread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            v.extend_from_slice(ms);
+        }
     }
 
     /// The recorded start-time errors, in ms (and recording goes on, emptied).
@@ -332,26 +461,33 @@ impl Health {
             .unwrap_or_default()
     }
 
-    /// Expires timers of every machine.
+    /// Expires timers of the machines that have one. A machine gets a deadline only
+    /// through an input, a check result or a new configuration (all of which update
+    /// `timed`); time alone only takes it away.
     pub fn tick(&self) {
         let now = self.now_ms();
         let mut t = self.table();
-        let keys: Vec<BackendKey> = t
-            .backends
-            .iter()
-            .filter(|(_, e)| {
-                e.machine
-                    .next_deadline(&e.params, now)
-                    .is_some_and(|d| d <= now)
-            })
-            .map(|(k, _)| *k)
-            .collect();
-        for key in keys {
-            let e = t.backends.get_mut(&key).expect("listed");
-            let ts = e.machine.tick(&e.params, now);
-            self.transitions(&mut t, key, ts);
+        if t.timed.is_empty() {
+            return;
         }
-        self.publish(&mut t, now, None);
+        let keys: Vec<BackendKey> = t.timed.iter().copied().collect();
+        for &key in &keys {
+            let Some(e) = t.backends.get_mut(&key) else {
+                t.timed.remove(&key);
+                continue;
+            };
+            if e.machine
+                .next_deadline(&e.params, now)
+                .is_some_and(|d| d <= now)
+            {
+                let ts = e.machine.tick(&e.params, now);
+                self.transitions(&mut t, key, ts);
+            }
+            t.track(key, now);
+        }
+        if self.publish_keys(&mut t, now, &keys) {
+            self.inner.out.send_modify(|g| *g += 1);
+        }
     }
 
     /// A passive report from the data plane.
@@ -370,9 +506,17 @@ impl Health {
         let ts = e.machine.input(&e.params, inp, now);
         // A report to confirm: check now rather than at the next slot.
         if e.check.is_some() && ts.iter().any(|x| x.to == HealthState::DownWait) {
-            e.trigger.notify_one();
+            match e.task {
+                Some(Runner::Scheduled(id)) => {
+                    if let Some(s) = self.scheduler() {
+                        s.trigger(id);
+                    }
+                }
+                _ => e.trigger.notify_one(),
+            }
         }
         self.transitions(&mut t, key, ts);
+        t.track(key, now);
         self.publish(&mut t, now, Some(key));
     }
 
@@ -386,45 +530,123 @@ impl Health {
         attempts: u32,
     ) {
         let now = self.now_ms();
+        let unix_time = unix_now();
         let mut t = self.table();
-        let Some(e) = t.backends.get_mut(&key) else {
-            return;
+        let mut stats = self.inner.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let r = Report {
+            ok,
+            detail,
+            duration,
+            attempts,
         };
-        let unix_time = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64();
+        let changed = self.result(&mut t, &mut stats, key, None, r, now, unix_time);
+        drop(stats);
+        if changed == Some(true) || !t.resets.is_empty() {
+            self.inner.out.send_modify(|g| *g += 1);
+        }
+    }
+
+    /// The results of the half-open scheduler, under one lock of the table. A result
+    /// of a check no longer the backend's (removed or replaced meanwhile) is dropped.
+    fn report_batch(&self, done: &mut Vec<sched::Done>) {
+        let now = self.now_ms();
+        let unix_time = unix_now();
+        let mut t = self.table();
+        let mut stats = self.inner.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let mut changed = false;
+        for d in done.drain(..) {
+            let r = Report {
+                ok: d.ok,
+                detail: d.detail,
+                duration: d.took,
+                attempts: d.attempts,
+            };
+            let runner = Some(Runner::Scheduled(d.id));
+            changed |=
+                self.result(&mut t, &mut stats, d.key, runner, r, now, unix_time) == Some(true);
+        }
+        drop(stats);
+        if changed || !t.resets.is_empty() {
+            self.inner.out.send_modify(|g| *g += 1);
+        }
+    }
+
+    /// One check result into `key`'s machine (when `runner`, if given, still runs its
+    /// checks): whether what the tables should hold changed; None when dropped.
+    #[allow(clippy::too_many_arguments)]
+    fn result(
+        &self,
+        t: &mut Table,
+        stats: &mut stats::CheckStats,
+        key: BackendKey,
+        runner: Option<Runner>,
+        r: Report,
+        now: Ms,
+        unix_time: f64,
+    ) -> Option<bool> {
+        let e = t.backends.get_mut(&key)?;
+        if runner.is_some() && e.task != runner {
+            return None;
+        }
+        let Report {
+            ok,
+            detail,
+            duration,
+            attempts,
+        } = r;
         e.checks += 1;
         if !ok {
             e.failures += 1;
         }
         let kind = e.check.as_ref().map_or("none", |c| c.kind.label());
-        self.inner
-            .stats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .observe(kind, duration, (!ok).then_some(detail.as_str()));
-        e.last = Some(LastResult {
+        stats.observe(kind, duration, (!ok).then_some(detail.as_str()));
+        // The last result's buffer reused: one allocation less per check.
+        let last = e.last.get_or_insert_with(|| LastResult {
             ok,
-            detail: detail.clone(),
+            detail: String::new(),
             // Formatted when shown.
             time: String::new(),
             unix_time,
-            duration_ms: duration.as_secs_f64() * 1000.0,
+            duration_ms: 0.0,
             attempts,
         });
+        last.ok = ok;
+        last.detail.clear();
+        last.detail.push_str(&detail);
+        last.unix_time = unix_time;
+        last.duration_ms = duration.as_secs_f64() * 1000.0;
+        last.attempts = attempts;
         let ts = e.machine.input(&e.params, Input::Check { ok, detail }, now);
-        self.transitions(&mut t, key, ts);
-        self.publish(&mut t, now, Some(key));
+        let changed = published(e, now);
+        let timed = e.machine.next_deadline(&e.params, now).is_some();
+        if timed {
+            t.timed.insert(key);
+        } else if !t.timed.is_empty() {
+            t.timed.remove(&key);
+        }
+        if !ts.is_empty() {
+            self.transitions_with(t, stats, key, ts);
+        }
+        Some(changed)
     }
 
     fn transitions(&self, t: &mut Table, key: BackendKey, ts: Vec<Transition>) {
         if ts.is_empty() {
             return;
         }
+        let mut stats = self.inner.stats.lock().unwrap_or_else(|e| e.into_inner());
+        self.transitions_with(t, &mut stats, key, ts);
+    }
+
+    fn transitions_with(
+        &self,
+        t: &mut Table,
+        stats: &mut stats::CheckStats,
+        key: BackendKey,
+        ts: Vec<Transition>,
+    ) {
         let svc = t.services.get(&key.0).cloned().unwrap_or_default();
         let mut log = self.inner.events.lock().unwrap_or_else(|e| e.into_inner());
-        let mut stats = self.inner.stats.lock().unwrap_or_else(|e| e.into_inner());
         for x in ts {
             stats.transition(x.from, x.to);
             let ev = log.push(
@@ -444,28 +666,31 @@ impl Health {
     /// Ticks the watch channel if what the tables should hold changed: for backend
     /// `only`, or all of them.
     fn publish(&self, t: &mut Table, now: Ms, only: Option<BackendKey>) {
-        let mut changed = false;
-        let mut check = |e: &mut Entry| {
-            let now_pub = (
-                e.machine.excluded(),
-                e.machine.weight_tenths(&e.params, now),
-            );
-            if now_pub != e.published {
-                e.published = now_pub;
-                changed = true;
+        let changed = match only {
+            Some(k) => self.publish_keys(t, now, &[k]),
+            None => {
+                // Every entry's record updated: no short-circuit.
+                let mut changed = false;
+                for e in t.backends.values_mut() {
+                    changed |= published(e, now);
+                }
+                changed
             }
         };
-        match only {
-            Some(k) => {
-                if let Some(e) = t.backends.get_mut(&k) {
-                    check(e);
-                }
-            }
-            None => t.backends.values_mut().for_each(check),
-        }
         if changed || !t.resets.is_empty() {
             self.inner.out.send_modify(|g| *g += 1);
         }
+    }
+
+    /// Whether what the tables should hold changed for one of `keys` (the caller ticks).
+    fn publish_keys(&self, t: &mut Table, now: Ms, keys: &[BackendKey]) -> bool {
+        let mut changed = false;
+        for k in keys {
+            if let Some(e) = t.backends.get_mut(k) {
+                changed |= published(e, now);
+            }
+        }
+        changed
     }
 
     /// The state to install for `desired`: DOWN backends at weight 0, warming ones
@@ -637,6 +862,47 @@ impl Health {
             s.backends.sort_by_key(|b| b.address);
         }
         HealthView { services }
+    }
+}
+
+/// A check's result.
+struct Report {
+    ok: bool,
+    detail: String,
+    duration: Duration,
+    attempts: u32,
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// Records what the tables should hold for `e`; whether that changed.
+fn published(e: &mut Entry, now: Ms) -> bool {
+    let now_pub = (
+        e.machine.excluded(),
+        e.machine.weight_tenths(&e.params, now),
+    );
+    let changed = now_pub != e.published;
+    e.published = now_pub;
+    changed
+}
+
+impl Table {
+    /// Keeps `key` in `timed` exactly while its machine has a deadline.
+    fn track(&mut self, key: BackendKey, now: Ms) {
+        let has = self
+            .backends
+            .get(&key)
+            .is_some_and(|e| e.machine.next_deadline(&e.params, now).is_some());
+        if has {
+            self.timed.insert(key);
+        } else if !self.timed.is_empty() {
+            self.timed.remove(&key);
+        }
     }
 }
 
@@ -1170,6 +1436,180 @@ mac = "02:00:00:00:00:16"
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// Half-open checks on the scheduler, in a namespace of their own: an open port
+    /// passes, a closed one is refused (after its retry), a black-holed one times out,
+    /// a passive report triggers an immediate check; nothing reaches the listener.
+    /// With few checks the receive task wakes the scheduler with the answers.
+    #[test]
+    fn half_open_checks_run_on_the_scheduler() {
+        scheduler_case(0);
+    }
+
+    /// The same with 600 more checks a second: the scheduler reads the answers itself.
+    #[test]
+    fn half_open_checks_run_on_the_polling_scheduler() {
+        scheduler_case(600);
+    }
+
+    /// [`half_open_checks_run_on_the_scheduler`] with `extra` more backends checked
+    /// every second against the open port.
+    fn scheduler_case(extra: usize) {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: raw sockets and namespaces need root");
+            return;
+        }
+        std::thread::spawn(move || {
+            // SAFETY: unshare(2) moves only this thread into a new namespace (gone with it).
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+            for cmd in [
+                "link set lo up",
+                "link add bh0 type veth peer name bh1",
+                "link set bh0 up",
+                "link set bh1 up",
+                "addr add 192.0.2.1/24 dev bh0",
+                // Sent out of bh0 to a MAC nobody has: its peer drops them.
+                "neigh add 192.0.2.2 lladdr 02:00:00:00:00:02 dev bh0 nud permanent",
+            ] {
+                let st = std::process::Command::new("ip")
+                    .args(cmd.split_whitespace())
+                    .status()
+                    .unwrap();
+                assert!(st.success(), "ip {cmd}");
+            }
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async {
+                    let engine = Arc::new(checks::halfopen::HalfOpen::new().unwrap());
+                    let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                    open.set_nonblocking(true).unwrap();
+                    let open_port = open.local_addr().unwrap().port();
+                    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+                        .unwrap()
+                        .local_addr()
+                        .unwrap()
+                        .port();
+                    let ms = lb_common::state::Dur;
+                    let lo = Some("127.0.0.1".parse().unwrap());
+                    let params = [
+                        lb_common::state::CheckParams {
+                            address: lo,
+                            port: Some(open_port),
+                            ..Default::default()
+                        },
+                        lb_common::state::CheckParams {
+                            address: lo,
+                            port: Some(closed_port),
+                            retry: Some(1),
+                            delay_before_retry: Some(ms(50)),
+                            fall: Some(1),
+                            ..Default::default()
+                        },
+                        lb_common::state::CheckParams {
+                            address: Some("192.0.2.2".parse().unwrap()),
+                            port: Some(80),
+                            timeout: Some(ms(150)),
+                            fall: Some(1),
+                            interval: Some(ms(200)),
+                            ..Default::default()
+                        },
+                        lb_common::state::CheckParams {
+                            address: lo,
+                            port: Some(open_port),
+                            interval: Some(lb_common::state::Dur::secs(3600)),
+                            ..Default::default()
+                        },
+                    ];
+                    let mut st = state(
+                        4,
+                        Some(ServiceHealth {
+                            interval: Some(ms(100)),
+                            // A report waits for a check (DOWN-WAIT) rather than taking
+                            // the backend down at once.
+                            passive: lb_common::state::Passive {
+                                down_after_reports: 2,
+                                ..Default::default()
+                            },
+                            ..Default::default()
+                        }),
+                    );
+                    for (r, p) in st.services[0].backends.iter_mut().zip(params) {
+                        r.health = Some(Box::new(p));
+                    }
+                    let template = st.services[0].backends[0].clone();
+                    for i in 0..extra {
+                        let mut r = template.clone();
+                        r.address = format!("10.1.{}.{}", i / 250, i % 250 + 1).parse().unwrap();
+                        r.health.as_mut().unwrap().interval = Some(lb_common::state::Dur::secs(1));
+                        st.services[0].backends.push(r);
+                    }
+                    let h = Health::new();
+                    h.use_engine(engine.clone());
+                    h.configure(&st);
+                    h.start_checks();
+                    assert_eq!(h.scheduled_checks(), 4 + extra);
+                    tokio::time::sleep(Duration::from_millis(800)).await;
+                    assert_eq!(engine.polled(), extra > 0);
+                    let before = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_secs_f64();
+                    h.input(HealthInput::PassiveFailure {
+                        backend: key(&st, 3),
+                        reason: "SYN retransmitted".into(),
+                    });
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let v = h.view();
+                    let b = &v.services[0].backends;
+                    let last = |i: usize| b[i].last_check.clone().expect("checked");
+                    assert_eq!(b[0].state, HealthState::Up, "{:?}", b[0]);
+                    assert!(b[0].checks >= 6, "{:?}", b[0]);
+                    assert_eq!(
+                        (last(0).ok, last(0).detail.as_str(), last(0).attempts),
+                        (true, "SYN-ACK (half-open)", 1)
+                    );
+                    assert_eq!(b[1].state, HealthState::Down, "{:?}", b[1]);
+                    assert_eq!(
+                        (last(1).ok, last(1).detail.as_str(), last(1).attempts),
+                        (false, "connection refused", 2)
+                    );
+                    assert_eq!(b[1].failures, b[1].checks);
+                    assert_eq!(b[2].state, HealthState::Down, "{:?}", b[2]);
+                    assert_eq!(last(2).detail, "timeout");
+                    assert!(
+                        (140.0..400.0).contains(&last(2).duration_ms),
+                        "{:?}",
+                        last(2)
+                    );
+                    // Its slot is somewhere in the hour: this check is the triggered one.
+                    assert_eq!(b[3].checks, 1, "{:?}", b[3]);
+                    assert!(last(3).ok && last(3).unix_time >= before, "{:?}", last(3));
+                    assert_eq!(b[3].state, HealthState::Up, "confirmed up: {:?}", b[3]);
+                    assert!(
+                        h.events(100, 0)
+                            .iter()
+                            .any(|e| e.new == "DOWN-WAIT" && e.backend == Some(b[3].address))
+                    );
+                    let extra_ok = b[4..]
+                        .iter()
+                        .filter(|b| b.checks >= 1 && b.failures == 0)
+                        .count();
+                    assert_eq!(extra_ok, extra, "every extra backend checked, and passing");
+                    match open.accept() {
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        other => panic!("the listener accepted a connection: {other:?}"),
+                    }
+                    h.stop_checks();
+                    assert_eq!(h.scheduled_checks(), 0);
+                    assert!(!engine.polled(), "the receive task's again once stopped");
+                });
+        })
+        .join()
+        .expect("the namespace thread");
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn checks_run_spread_over_the_interval() {
         // 50 backends checked over TCP every 200 ms against one listener.
@@ -1200,6 +1640,13 @@ mac = "02:00:00:00:00:16"
         h.configure(&st);
         h.record_spread(true);
         h.start_checks();
+        if checks::halfopen::shared().is_some() {
+            assert_eq!(
+                h.scheduled_checks(),
+                50,
+                "half-open checks on the scheduler"
+            );
+        }
         tokio::time::sleep(Duration::from_millis(1100)).await;
         let v = h.view();
         let b = &v.services[0].backends;

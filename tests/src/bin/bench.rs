@@ -29,6 +29,9 @@ use tests::{lab::Lab, pkt};
 
 #[path = "../bench_health.rs"]
 mod bench_health;
+#[allow(dead_code)]
+#[path = "../../../xtask/src/netns.rs"]
+mod netns;
 
 const ITER: usize = 20_000;
 
@@ -433,8 +436,13 @@ fn replace_section(md: &str, tag: &str, body: &str) -> String {
 }
 
 fn main() -> Result<()> {
+    // The health bench's child processes; first of all, while this is the only thread.
+    bench_health::enter_netns_from_env()?;
     if std::env::var_os(bench_health::LISTENERS_ENV).is_some() {
         return bench_health::listeners_main();
+    }
+    if std::env::var_os(bench_health::CHECKER_ENV).is_some() {
+        return bench_health::checker_main();
     }
     // `LB_BENCH_ONLY=control_plane`: only the control-plane figures, printed, nothing
     // written (for profiling the apply path without the rest of the bench).

@@ -32,6 +32,11 @@
 //!   identifying the check.
 //! - The SYN is sent again after 1 s, 3 s, 7 s… (the kernel's backoff) while the
 //!   check's timeout allows.
+//! - Two ways to use it: [`HalfOpen::probe`], a future per check; or, for the health
+//!   scheduler, [`HalfOpen::register`] + [`HalfOpen::send_many`] (many SYNs per
+//!   sendmmsg) with the answers queued on a [`BatchSink`] and taken all at once. The
+//!   receive task reads up to `RX_BATCH` segments per recvmmsg and completes them
+//!   under one lock of the pending table.
 //!
 //! The receive task runs on the runtime of a check that found none running; if that
 //! runtime goes away (tests run one per test) the pending checks are woken and the
@@ -85,12 +90,89 @@ pub enum Answer {
 /// (remote address, remote port, local port).
 type Key = (IpAddr, u16, u16);
 
-/// A check waiting for its answer.
+/// A [`HalfOpen::probe`] waiting for its answer.
 struct Waiter {
-    isn: u32,
     answer: Mutex<Option<Answer>>,
     /// Notified with the answer, or without one when the receive task went away.
     wake: Notify,
+}
+
+/// Where the answer of a pending probe goes.
+enum To {
+    /// A [`HalfOpen::probe`] future.
+    Waiter(Arc<Waiter>),
+    /// A batch sender's queue (the health scheduler), with the probe's token there.
+    Batch(Arc<BatchSink>, u32),
+}
+
+/// A probe whose SYN went out (or is about to).
+struct Pending {
+    isn: u32,
+    to: To,
+}
+
+/// Answers to a batch sender's probes ([`HalfOpen::register`]), queued by the receive
+/// task: the sender takes them all at once instead of being woken once per probe.
+#[derive(Default)]
+pub struct BatchSink {
+    answers: Mutex<Vec<BatchAnswer>>,
+    /// Notified after each read of the sockets that queued answers, and when the
+    /// receive task goes away (so that the sender starts another).
+    pub wake: Notify,
+}
+
+/// An answer for a batch sender: the probe's token and ISN, and what came back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchAnswer {
+    pub token: u32,
+    pub isn: u32,
+    pub answer: Answer,
+}
+
+impl BatchSink {
+    /// Moves the queued answers to the end of `into`.
+    pub fn take_into(&self, into: &mut Vec<BatchAnswer>) {
+        into.append(&mut lock(&self.answers));
+    }
+}
+
+/// A SYN ready to go: the whole packet (from its IP header) and where to.
+#[derive(Clone, Copy)]
+pub struct Syn {
+    packet: [u8; 64],
+    len: usize,
+    source: IpAddr,
+    target: SocketAddr,
+}
+
+impl Syn {
+    pub fn new(source: IpAddr, target: SocketAddr, lport: u16, isn: u32) -> Self {
+        let (packet, len) = syn_packet(source, target, lport, isn);
+        Syn {
+            packet,
+            len,
+            source,
+            target,
+        }
+    }
+}
+
+/// How matching a reply to a pending probe checks the sequence numbers.
+#[derive(Clone, Copy)]
+enum Seq {
+    /// A reply: its ACK is our ISN + 1.
+    Ack(u32),
+    /// An ICMP error: the original segment's sequence number is our ISN.
+    Isn(u32),
+}
+
+impl Seq {
+    fn matches(self, isn: u32) -> bool {
+        match self {
+            Seq::Ack(ack) => ack == isn.wrapping_add(1),
+            Seq::Isn(seq) => seq == isn,
+        }
+    }
 }
 
 /// The pool of source ports: `base..base + POOL_PORTS`, each held by a bound socket.
@@ -104,7 +186,7 @@ pub struct HalfOpen {
     v4: Option<OwnedFd>,
     v6: Option<OwnedFd>,
     ports: PortPool,
-    pending: Mutex<HashMap<Key, Arc<Waiter>>>,
+    pending: Mutex<HashMap<Key, Pending>>,
     /// Where the next check starts looking for a free source port.
     next_port: AtomicUsize,
     /// Checks waiting for a source port (all taken for their target) and their wake-up.
@@ -112,6 +194,8 @@ pub struct HalfOpen {
     port_freed: Notify,
     routes: Mutex<HashMap<IpAddr, (IpAddr, Instant)>>,
     receiving: AtomicBool,
+    /// A batch sender reads the sockets itself ([`HalfOpen::poll`]): no receive task.
+    polled: AtomicBool,
     receiver_start: Mutex<()>,
     /// Segments and ICMP errors the receive task read (the filter's effect is visible here).
     received: AtomicU64,
@@ -199,6 +283,7 @@ impl HalfOpen {
             port_freed: Notify::new(),
             routes: Mutex::new(HashMap::new()),
             receiving: AtomicBool::new(false),
+            polled: AtomicBool::new(false),
             receiver_start: Mutex::new(()),
             received: AtomicU64::new(0),
         })
@@ -264,9 +349,10 @@ impl HalfOpen {
         }
     }
 
-    /// Starts the receive task on the current runtime unless one runs.
-    fn ensure_receiver(self: &Arc<Self>) {
-        if self.receiving.load(Ordering::Acquire) {
+    /// Starts the receive task on the current runtime unless one runs (or the sockets
+    /// are polled).
+    pub fn ensure_receiver(self: &Arc<Self>) {
+        if self.receiving.load(Ordering::Acquire) || self.polled.load(Ordering::Acquire) {
             return;
         }
         let _one = lock(&self.receiver_start);
@@ -277,8 +363,35 @@ impl HalfOpen {
         tokio::spawn(receive(ReceiverGuard(self.clone())));
     }
 
+    /// Whether a batch sender polls the sockets ([`HalfOpen::poll`]) rather than
+    /// have the receive task woken by each answer. On, the receive task ends at its
+    /// next wake-up, and the poller completes every pending probe, [`HalfOpen::probe`]'s
+    /// too.
+    pub fn set_polled(&self, on: bool) {
+        self.polled.store(on, Ordering::Release);
+    }
+
+    /// Whether the sockets are polled (see [`HalfOpen::set_polled`]).
+    pub fn polled(&self) -> bool {
+        self.polled.load(Ordering::Acquire)
+    }
+
+    /// Reads, without waiting, what the sockets of the families asked for hold, and
+    /// completes the probes it answers (a batch sender's answers go to its sink).
+    pub fn poll(&self, v4: bool, v6: bool) {
+        for (fd, is_v6) in [(&self.v4, false), (&self.v6, true)] {
+            let Some(fd) = fd else { continue };
+            if !(if is_v6 { v6 } else { v4 }) {
+                continue;
+            }
+            if drain_segments(self, fd.as_raw_fd(), is_v6) {
+                drain_errors(self, fd.as_raw_fd(), is_v6);
+            }
+        }
+    }
+
     /// The source address for `target` (cached route lookup).
-    fn source_for(&self, target: SocketAddr) -> io::Result<IpAddr> {
+    pub fn source_for(&self, target: SocketAddr) -> io::Result<IpAddr> {
         let now = Instant::now();
         if let Some((src, at)) = lock(&self.routes).get(&target.ip())
             && now.duration_since(*at) < ROUTE_TTL
@@ -329,11 +442,13 @@ impl HalfOpen {
             let key = (target.ip(), target.port(), port);
             if let std::collections::hash_map::Entry::Vacant(v) = pending.entry(key) {
                 let waiter = Arc::new(Waiter {
-                    isn,
                     answer: Mutex::new(None),
                     wake: Notify::new(),
                 });
-                v.insert(waiter.clone());
+                v.insert(Pending {
+                    isn,
+                    to: To::Waiter(waiter.clone()),
+                });
                 return Some(Slot {
                     engine: self.clone(),
                     key,
@@ -372,24 +487,160 @@ impl HalfOpen {
         }
     }
 
-    /// Completes the pending check `key` whose ISN is `isn` (ICMP) or `ack - 1` (a reply).
-    fn complete(&self, key: Key, seq_check: impl Fn(u32) -> bool, answer: Answer) {
-        let pending = lock(&self.pending);
-        if let Some(w) = pending.get(&key)
-            && seq_check(w.isn)
+    /// A batch sender's probe of `target` with `isn`: a free source port (None when
+    /// every one is taken by a pending probe of `target`), registered so that the
+    /// answer is queued on `sink` with `token`. The registration goes with the answer;
+    /// [`HalfOpen::release`] drops it when none comes.
+    pub fn register(
+        &self,
+        target: SocketAddr,
+        isn: u32,
+        sink: &Arc<BatchSink>,
+        token: u32,
+    ) -> Option<u16> {
+        let start = self.next_port.fetch_add(1, Ordering::Relaxed);
+        let mut pending = lock(&self.pending);
+        for i in 0..usize::from(POOL_PORTS) {
+            let port = self.ports.base + ((start + i) % usize::from(POOL_PORTS)) as u16;
+            let key = (target.ip(), target.port(), port);
+            if let std::collections::hash_map::Entry::Vacant(v) = pending.entry(key) {
+                v.insert(Pending {
+                    isn,
+                    to: To::Batch(sink.clone(), token),
+                });
+                return Some(port);
+            }
+        }
+        None
+    }
+
+    /// Drops the registration of a batch sender's probe (timed out or given up).
+    pub fn release(&self, target: SocketAddr, lport: u16, isn: u32) {
+        let key = (target.ip(), target.port(), lport);
+        let mut pending = lock(&self.pending);
+        if pending
+            .get(&key)
+            .is_some_and(|p| p.isn == isn && matches!(p.to, To::Batch(..)))
         {
-            let mut a = lock(&w.answer);
-            if a.is_none() {
-                *a = Some(answer);
-                w.wake.notify_one();
+            pending.remove(&key);
+        }
+        drop(pending);
+        if self.port_waiters.load(Ordering::SeqCst) > 0 {
+            self.port_freed.notify_waiters();
+        }
+    }
+
+    /// Sends `syns` in as few sendmmsg(2) calls as their families allow: the result of
+    /// each, in order. A failure is retried once at once, since it may be an ICMP error
+    /// of another check left on the socket (sk_err); a full send buffer (EAGAIN,
+    /// ENOBUFS) fails the rest of that family's SYNs with it, for the caller to retry.
+    pub fn send_many(&self, syns: &[Syn]) -> Vec<io::Result<()>> {
+        let mut results: Vec<io::Result<()>> = syns.iter().map(|_| Ok(())).collect();
+        for v6 in [false, true] {
+            let idx: Vec<usize> = (0..syns.len())
+                .filter(|&i| syns[i].target.is_ipv6() == v6)
+                .collect();
+            if idx.is_empty() {
+                continue;
+            }
+            let Some(fd) = (if v6 { &self.v6 } else { &self.v4 }) else {
+                for &i in &idx {
+                    results[i] = Err(io::Error::from(io::ErrorKind::Unsupported));
+                }
+                continue;
+            };
+            let mut msgs: Vec<OutMsg> = idx.iter().map(|&i| OutMsg::new(&syns[i])).collect();
+            let mut hdrs: Vec<libc::mmsghdr> = msgs.iter_mut().map(OutMsg::header).collect();
+            let mut at = 0;
+            let mut retried = None;
+            while at < hdrs.len() {
+                let rest = &mut hdrs[at..];
+                // SAFETY: every header points into `msgs`, alive and unmoved until after
+                // the call.
+                let n = unsafe {
+                    libc::sendmmsg(
+                        fd.as_raw_fd(),
+                        rest.as_mut_ptr(),
+                        rest.len() as libc::c_uint,
+                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    )
+                };
+                if n > 0 {
+                    at += n as usize;
+                    continue;
+                }
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EINTR) => {}
+                    Some(libc::EAGAIN | libc::ENOBUFS) => {
+                        for &i in &idx[at..] {
+                            results[i] = Err(io::Error::from_raw_os_error(
+                                e.raw_os_error().unwrap_or(libc::EAGAIN),
+                            ));
+                        }
+                        break;
+                    }
+                    _ if retried != Some(at) => retried = Some(at),
+                    _ => {
+                        results[idx[at]] = Err(e);
+                        at += 1;
+                    }
+                }
+            }
+        }
+        results
+    }
+
+    /// Completes the pending probes that `replies` answer, under one lock of the table.
+    fn complete_all(&self, replies: &mut Vec<(Key, Seq, Answer)>) {
+        if replies.is_empty() {
+            return;
+        }
+        let mut woken: Vec<Arc<BatchSink>> = Vec::new();
+        let mut pending = lock(&self.pending);
+        for (key, seq, answer) in replies.drain(..) {
+            let Some(p) = pending.get(&key) else { continue };
+            if !seq.matches(p.isn) {
+                continue;
+            }
+            match &p.to {
+                To::Waiter(w) => {
+                    let mut a = lock(&w.answer);
+                    if a.is_none() {
+                        *a = Some(answer);
+                        w.wake.notify_one();
+                    }
+                }
+                To::Batch(..) => {
+                    // Answered: the port is free for the next probe of this target.
+                    let Some(Pending {
+                        isn,
+                        to: To::Batch(sink, token),
+                    }) = pending.remove(&key)
+                    else {
+                        unreachable!("matched above")
+                    };
+                    lock(&sink.answers).push(BatchAnswer { token, isn, answer });
+                    if !woken.iter().any(|s| Arc::ptr_eq(s, &sink)) {
+                        woken.push(sink);
+                    }
+                }
+            }
+        }
+        drop(pending);
+        // A poller takes the answers right after its read: no wake-up for it.
+        if !self.polled.load(Ordering::Acquire) {
+            for s in woken {
+                s.wake.notify_one();
             }
         }
     }
 
-    /// A segment read from a raw socket (v4: from the IP header; v6: from the TCP header).
-    fn on_segment(&self, remote: IpAddr, tcp: &[u8]) {
+    /// A segment read from a raw socket (v4: from the IP header; v6: from the TCP
+    /// header): the reply it is, if it answers a SYN.
+    fn parse_segment(remote: IpAddr, tcp: &[u8]) -> Option<(Key, Seq, Answer)> {
         if tcp.len() < 14 {
-            return;
+            return None;
         }
         let rport = u16::from_be_bytes([tcp[0], tcp[1]]);
         let lport = u16::from_be_bytes([tcp[2], tcp[3]]);
@@ -397,20 +648,16 @@ impl HalfOpen {
         let flags = tcp[13];
         // Both answers to a SYN acknowledge it; an RST without ACK cannot be matched.
         if flags & TCP_ACK == 0 {
-            return;
+            return None;
         }
         let answer = if flags & TCP_RST != 0 {
             Answer::Refused
         } else if flags & (TCP_SYN | TCP_FIN) == TCP_SYN {
             Answer::Open
         } else {
-            return;
+            return None;
         };
-        self.complete(
-            (remote, rport, lport),
-            |isn| ack == isn.wrapping_add(1),
-            answer,
-        );
+        Some(((remote, rport, lport), Seq::Ack(ack), answer))
     }
 
     /// An ICMP error about a segment we sent: `tcp` starts with its TCP header.
@@ -421,11 +668,11 @@ impl HalfOpen {
         let lport = u16::from_be_bytes([tcp[0], tcp[1]]);
         let rport = u16::from_be_bytes([tcp[2], tcp[3]]);
         let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
-        self.complete(
+        self.complete_all(&mut vec![(
             (remote, rport, lport),
-            |isn| seq == isn,
+            Seq::Isn(seq),
             Answer::Unreachable(detail),
-        );
+        )]);
     }
 }
 
@@ -451,7 +698,7 @@ impl Drop for Slot {
         let mut pending = lock(&self.engine.pending);
         if pending
             .get(&self.key)
-            .is_some_and(|w| Arc::ptr_eq(w, &self.waiter))
+            .is_some_and(|p| matches!(&p.to, To::Waiter(w) if Arc::ptr_eq(w, &self.waiter)))
         {
             pending.remove(&self.key);
         }
@@ -469,8 +716,11 @@ struct ReceiverGuard(Arc<HalfOpen>);
 impl Drop for ReceiverGuard {
     fn drop(&mut self) {
         self.0.receiving.store(false, Ordering::Release);
-        for w in lock(&self.0.pending).values() {
-            w.wake.notify_one();
+        for p in lock(&self.0.pending).values() {
+            match &p.to {
+                To::Waiter(w) => w.wake.notify_one(),
+                To::Batch(sink, _) => sink.wake.notify_one(),
+            }
         }
     }
 }
@@ -520,6 +770,10 @@ async fn receive(guard: ReceiverGuard) {
                 return;
             }
         };
+        if engine.polled.load(Ordering::Acquire) {
+            // A batch sender reads the sockets: no wake-up per answer.
+            return;
+        }
         let fd = g.get_ref().as_raw_fd();
         if g.ready().is_error() {
             drain_errors(engine, fd, v6);
@@ -538,49 +792,79 @@ async fn ready(
     }
 }
 
-fn drain_segments(engine: &HalfOpen, fd: RawFd, v6: bool) {
-    let mut buf = [0u8; 128];
+/// Reads per recvmmsg(2).
+const RX_BATCH: usize = 32;
+
+/// Reads the segments queued on a raw socket; whether a read reported an ICMP error
+/// (its details are then in the error queue).
+fn drain_segments(engine: &HalfOpen, fd: RawFd, v6: bool) -> bool {
+    let mut bufs = [[0u8; 128]; RX_BATCH];
+    // SAFETY: zeroed sockaddr_in6s are valid values.
+    let mut names: [libc::sockaddr_in6; RX_BATCH] = unsafe { zeroed() };
+    let mut iovs: [libc::iovec; RX_BATCH] = std::array::from_fn(|i| libc::iovec {
+        iov_base: bufs[i].as_mut_ptr().cast(),
+        iov_len: bufs[i].len(),
+    });
+    // SAFETY: zeroed mmsghdrs are valid values; filled in below.
+    let mut hdrs: [libc::mmsghdr; RX_BATCH] = unsafe { zeroed() };
+    let mut replies = Vec::with_capacity(RX_BATCH);
+    let mut errored = false;
     loop {
-        // SAFETY: a zeroed sockaddr_in6 is valid; recvfrom writes at most its size.
-        let mut from: libc::sockaddr_in6 = unsafe { zeroed() };
-        let mut from_len = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
-        // SAFETY: the buffers are live and their sizes given.
+        for (i, h) in hdrs.iter_mut().enumerate() {
+            h.msg_hdr.msg_name = (&raw mut names[i]).cast();
+            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+            h.msg_hdr.msg_iov = &raw mut iovs[i];
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_len = 0;
+        }
+        // SAFETY: every header points to live buffers of the sizes given.
         let n = unsafe {
-            libc::recvfrom(
+            libc::recvmmsg(
                 fd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
+                hdrs.as_mut_ptr(),
+                RX_BATCH as libc::c_uint,
                 libc::MSG_DONTWAIT,
-                (&raw mut from).cast(),
-                &mut from_len,
+                std::ptr::null_mut(),
             )
         };
         if n < 0 {
             let e = io::Error::last_os_error();
             match e.raw_os_error() {
-                Some(libc::EAGAIN) => return,
+                Some(libc::EAGAIN) => return errored,
                 Some(libc::EINTR) => continue,
-                // An ICMP error (sk_err) reported, and cleared, by this read; its
-                // details are in the error queue.
-                _ => continue,
+                // An ICMP error (sk_err) reported, and cleared, by this read.
+                _ => {
+                    errored = true;
+                    continue;
+                }
             }
         }
-        engine.received.fetch_add(1, Ordering::Relaxed);
-        let pkt = &buf[..n as usize];
-        if v6 {
-            let remote = IpAddr::V6(Ipv6Addr::from(from.sin6_addr.s6_addr));
-            engine.on_segment(remote, pkt);
-        } else {
-            // IPv4 raw sockets read the IP header too.
-            if pkt.len() < 20 {
-                continue;
-            }
-            let ihl = usize::from(pkt[0] & 0x0f) * 4;
-            if pkt.len() < ihl {
-                continue;
-            }
-            let remote = IpAddr::V4(Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]));
-            engine.on_segment(remote, &pkt[ihl..]);
+        let n = n as usize;
+        engine.received.fetch_add(n as u64, Ordering::Relaxed);
+        for i in 0..n {
+            let pkt = &bufs[i][..(hdrs[i].msg_len as usize).min(bufs[i].len())];
+            let reply = if v6 {
+                let remote = IpAddr::V6(Ipv6Addr::from(names[i].sin6_addr.s6_addr));
+                HalfOpen::parse_segment(remote, pkt)
+            } else {
+                // IPv4 raw sockets read the IP header too.
+                if pkt.len() < 20 {
+                    continue;
+                }
+                let ihl = usize::from(pkt[0] & 0x0f) * 4;
+                if pkt.len() < ihl {
+                    continue;
+                }
+                let remote = IpAddr::V4(Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]));
+                HalfOpen::parse_segment(remote, &pkt[ihl..])
+            };
+            replies.extend(reply);
+        }
+        engine.complete_all(&mut replies);
+        // A short read emptied the queue; what arrives later makes the socket ready
+        // again (edge-triggered), so no read just to see EAGAIN.
+        if n < RX_BATCH {
+            return errored;
         }
     }
 }
@@ -977,85 +1261,133 @@ pub fn tcp_checksum(source: IpAddr, dest: IpAddr, seg: &[u8]) -> u16 {
     !(sum as u16)
 }
 
+/// One message to send: the packet, its destination and its source
+/// (IP_PKTINFO / IPV6_PKTINFO), laid out for sendmsg(2)/sendmmsg(2).
+struct OutMsg {
+    packet: [u8; 64],
+    len: usize,
+    iov: libc::iovec,
+    /// A sockaddr_in or sockaddr_in6.
+    name: libc::sockaddr_in6,
+    namelen: libc::socklen_t,
+    control: [u64; 8],
+    controllen: usize,
+}
+
+impl OutMsg {
+    fn new(syn: &Syn) -> Self {
+        Self::of(&syn.packet[..syn.len], syn.source, syn.target)
+    }
+
+    fn of(seg: &[u8], source: IpAddr, target: SocketAddr) -> Self {
+        let mut packet = [0u8; 64];
+        let len = seg.len().min(packet.len());
+        packet[..len].copy_from_slice(&seg[..len]);
+        let mut m = OutMsg {
+            packet,
+            len,
+            iov: libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            },
+            // SAFETY: a zeroed sockaddr_in6 is a valid value.
+            name: unsafe { zeroed() },
+            namelen: 0,
+            control: [0; 8],
+            controllen: 0,
+        };
+        // A scratch header, only to place the cmsg inside `control`.
+        // SAFETY: a zeroed msghdr is a valid value.
+        let mut msg: libc::msghdr = unsafe { zeroed() };
+        msg.msg_control = m.control.as_mut_ptr().cast();
+        msg.msg_controllen = size_of::<[u64; 8]>();
+        // SAFETY: control is 64 bytes, room for a cmsghdr and an in_pktinfo or
+        // in6_pktinfo; the sockaddr_in written over `name` fits in a sockaddr_in6.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            let (level, kind, info_len) = match (target, source) {
+                (SocketAddr::V4(t), IpAddr::V4(s)) => {
+                    let sin = libc::sockaddr_in {
+                        sin_family: libc::AF_INET as libc::sa_family_t,
+                        sin_port: 0,
+                        sin_addr: libc::in_addr {
+                            s_addr: u32::from(*t.ip()).to_be(),
+                        },
+                        sin_zero: [0; 8],
+                    };
+                    std::ptr::write_unaligned((&raw mut m.name).cast(), sin);
+                    m.namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                    let info = libc::in_pktinfo {
+                        ipi_ifindex: 0,
+                        ipi_spec_dst: libc::in_addr {
+                            s_addr: u32::from(s).to_be(),
+                        },
+                        ipi_addr: libc::in_addr { s_addr: 0 },
+                    };
+                    std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::in_pktinfo>(), info);
+                    (
+                        libc::IPPROTO_IP,
+                        libc::IP_PKTINFO,
+                        size_of::<libc::in_pktinfo>(),
+                    )
+                }
+                (SocketAddr::V6(t), IpAddr::V6(s)) => {
+                    m.name.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                    m.name.sin6_addr.s6_addr = t.ip().octets();
+                    m.name.sin6_scope_id = t.scope_id();
+                    m.namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+                    let info = libc::in6_pktinfo {
+                        ipi6_addr: libc::in6_addr {
+                            s6_addr: s.octets(),
+                        },
+                        ipi6_ifindex: t.scope_id(),
+                    };
+                    std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::in6_pktinfo>(), info);
+                    (
+                        libc::IPPROTO_IPV6,
+                        libc::IPV6_PKTINFO,
+                        size_of::<libc::in6_pktinfo>(),
+                    )
+                }
+                // The source comes from a route lookup of the target: same family.
+                _ => unreachable!("source and target of one family"),
+            };
+            (*c).cmsg_level = level;
+            (*c).cmsg_type = kind;
+            (*c).cmsg_len = libc::CMSG_LEN(info_len as u32) as usize;
+            m.controllen = libc::CMSG_SPACE(info_len as u32) as usize;
+        }
+        m
+    }
+
+    /// The header for sendmsg/sendmmsg, pointing into `self` (which must not move
+    /// while it is in use).
+    fn header(&mut self) -> libc::mmsghdr {
+        self.iov = libc::iovec {
+            iov_base: self.packet.as_mut_ptr().cast(),
+            iov_len: self.len,
+        };
+        // SAFETY: a zeroed mmsghdr is a valid value.
+        let mut h: libc::mmsghdr = unsafe { zeroed() };
+        h.msg_hdr.msg_name = (&raw mut self.name).cast();
+        h.msg_hdr.msg_namelen = self.namelen;
+        h.msg_hdr.msg_iov = &raw mut self.iov;
+        h.msg_hdr.msg_iovlen = 1;
+        h.msg_hdr.msg_control = self.control.as_mut_ptr().cast();
+        h.msg_hdr.msg_controllen = self.controllen;
+        h
+    }
+}
+
 /// sendmsg(2) of `seg` to `target` from `source` (IP_PKTINFO / IPV6_PKTINFO).
 fn send_to(fd: RawFd, seg: &[u8], source: IpAddr, target: SocketAddr) -> io::Result<()> {
-    let mut iov = libc::iovec {
-        iov_base: seg.as_ptr().cast_mut().cast(),
-        iov_len: seg.len(),
-    };
-    let mut control = [0u64; 8];
-    // SAFETY: zeroed sockaddrs and msghdr are valid values.
-    let mut v4: libc::sockaddr_in = unsafe { zeroed() };
-    // SAFETY: as above.
-    let mut v6: libc::sockaddr_in6 = unsafe { zeroed() };
-    // SAFETY: as above.
-    let mut msg: libc::msghdr = unsafe { zeroed() };
-    msg.msg_iov = &raw mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    let (level, kind, info_len) = match (target, source) {
-        (SocketAddr::V4(t), IpAddr::V4(s)) => {
-            v4.sin_family = libc::AF_INET as libc::sa_family_t;
-            v4.sin_addr.s_addr = u32::from(*t.ip()).to_be();
-            msg.msg_name = (&raw mut v4).cast();
-            msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            let info = libc::in_pktinfo {
-                ipi_ifindex: 0,
-                ipi_spec_dst: libc::in_addr {
-                    s_addr: u32::from(s).to_be(),
-                },
-                ipi_addr: libc::in_addr { s_addr: 0 },
-            };
-            // SAFETY: control is 64 bytes, room for a cmsghdr and an in_pktinfo.
-            unsafe {
-                std::ptr::write_unaligned(
-                    libc::CMSG_DATA(control.as_mut_ptr().cast()).cast::<libc::in_pktinfo>(),
-                    info,
-                );
-            }
-            (
-                libc::IPPROTO_IP,
-                libc::IP_PKTINFO,
-                size_of::<libc::in_pktinfo>(),
-            )
-        }
-        (SocketAddr::V6(t), IpAddr::V6(s)) => {
-            v6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            v6.sin6_addr.s6_addr = t.ip().octets();
-            v6.sin6_scope_id = t.scope_id();
-            msg.msg_name = (&raw mut v6).cast();
-            msg.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
-            let info = libc::in6_pktinfo {
-                ipi6_addr: libc::in6_addr {
-                    s6_addr: s.octets(),
-                },
-                ipi6_ifindex: t.scope_id(),
-            };
-            // SAFETY: control is 64 bytes, room for a cmsghdr and an in6_pktinfo.
-            unsafe {
-                std::ptr::write_unaligned(
-                    libc::CMSG_DATA(control.as_mut_ptr().cast()).cast::<libc::in6_pktinfo>(),
-                    info,
-                );
-            }
-            (
-                libc::IPPROTO_IPV6,
-                libc::IPV6_PKTINFO,
-                size_of::<libc::in6_pktinfo>(),
-            )
-        }
-        _ => return Err(io::Error::from(io::ErrorKind::InvalidInput)),
-    };
-    // SAFETY: CMSG_SPACE/CMSG_LEN are pure; the header is written inside `control`.
-    unsafe {
-        msg.msg_controllen = libc::CMSG_SPACE(info_len as u32) as usize;
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        (*c).cmsg_level = level;
-        (*c).cmsg_type = kind;
-        (*c).cmsg_len = libc::CMSG_LEN(info_len as u32) as usize;
+    if source.is_ipv4() != target.is_ipv4() {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
     }
-    // SAFETY: msg and everything it points to are live.
-    let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    let mut m = OutMsg::of(seg, source, target);
+    let h = m.header();
+    // SAFETY: the header points into `m`, alive and unmoved.
+    let n = unsafe { libc::sendmsg(fd, &h.msg_hdr, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
