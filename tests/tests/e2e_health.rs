@@ -297,33 +297,16 @@ fn health_checks_take_backends_out_and_back_in_namespaces() {
     let mut lab = Lab::build(&prefix, lb_daemon::EBPF_OBJECT).expect("building the topology");
     let _servers = TestServers::start(&lab);
     let marker = format!("sleep 30.{}", std::process::id());
-    let cfg_path = lab.dir.join("lb.toml");
     let token_file = lab.dir.join("token");
     fs::write(&token_file, TOKEN).unwrap();
-    fs::write(
-        &cfg_path,
-        config(
-            prefix.trim_end_matches('-'),
-            &marker,
-            token_file.to_str().unwrap(),
-        ),
-    )
-    .unwrap();
-    let sock = lab.dir.join("api.sock");
-    let state_file = lab.dir.join("state.json");
-    lab.start_daemon(
-        &daemon,
-        &[
-            "--config",
-            cfg_path.to_str().unwrap(),
-            "--no-pin",
-            "--state-file",
-            state_file.to_str().unwrap(),
-            "--socket",
-            sock.to_str().unwrap(),
-        ],
-    )
-    .expect("starting lb-daemon");
+    let cfg = config(
+        prefix.trim_end_matches('-'),
+        &marker,
+        token_file.to_str().unwrap(),
+    );
+    let sock = lab
+        .start_unpinned_daemon(&daemon, &cfg)
+        .expect("starting lb-daemon");
     let api = Api { sock };
     wait_for("the API socket", 10.0, || api.sock.exists());
     let rs2 = SERVERS[1].addr;

@@ -26,7 +26,6 @@ use tests::e2e::{self, Api, service, wait_for};
 mod netns;
 
 use std::{
-    fs,
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
     process::Command,
@@ -208,23 +207,9 @@ fn passive_detection_takes_silent_backends_down_in_namespaces() {
     let prefix = format!("lbpas-{}-", std::process::id());
     let mut lab = Lab::build(&prefix, lb_daemon::EBPF_OBJECT).expect("building the topology");
     let _servers = Servers::start(&lab);
-    let cfg_path = lab.dir.join("lb.toml");
-    fs::write(&cfg_path, config(prefix.trim_end_matches('-'))).unwrap();
-    let sock = lab.dir.join("api.sock");
-    let state_file = lab.dir.join("state.json");
-    lab.start_daemon(
-        &daemon,
-        &[
-            "--config",
-            cfg_path.to_str().unwrap(),
-            "--no-pin",
-            "--state-file",
-            state_file.to_str().unwrap(),
-            "--socket",
-            sock.to_str().unwrap(),
-        ],
-    )
-    .expect("starting lb-daemon");
+    let sock = lab
+        .start_unpinned_daemon(&daemon, &config(prefix.trim_end_matches('-')))
+        .expect("starting lb-daemon");
     let api = Api { sock };
     wait_for("the API socket", 10.0, || api.sock.exists());
     let (rs2, rs3) = (SERVERS[1].addr, SERVERS[2].addr);

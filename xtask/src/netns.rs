@@ -530,6 +530,31 @@ http {{
 
     /// Starts `daemon args…` in the LB's namespace and waits until an XDP program is
     /// attached to lb0. Returns the mode ip-link shows ("native" or "generic").
+    /// Writes `config` to `lb.toml` in the lab's directory and starts `daemon` on it
+    /// unpinned, its state file and API socket there too; the socket's path.
+    #[allow(dead_code)] // the namespace tests'
+    pub fn start_unpinned_daemon(&mut self, daemon: &Path, config: &str) -> Result<PathBuf> {
+        let cfg = self.dir.join("lb.toml");
+        fs::write(&cfg, config)?;
+        let sock = self.dir.join("api.sock");
+        let state = self.dir.join("state.json");
+        let arg = |p: &Path| p.to_str().map(str::to_string).context("a UTF-8 path");
+        let (cfg, state_s, sock_s) = (arg(&cfg)?, arg(&state)?, arg(&sock)?);
+        self.start_daemon(
+            daemon,
+            &[
+                "--config",
+                &cfg,
+                "--no-pin",
+                "--state-file",
+                &state_s,
+                "--socket",
+                &sock_s,
+            ],
+        )?;
+        Ok(sock)
+    }
+
     pub fn start_daemon(&mut self, daemon: &Path, args: &[&str]) -> Result<&'static str> {
         let lb = self.ns("lb");
         let log_path = self.dir.join("daemon.log");
