@@ -435,25 +435,30 @@ impl HalfOpen {
     }
 
     fn try_take_port(self: &Arc<Self>, target: SocketAddr, isn: u32) -> Option<Slot> {
+        let waiter = Arc::new(Waiter {
+            answer: Mutex::new(None),
+            wake: Notify::new(),
+        });
+        let port = self.take_free_port(target, isn, To::Waiter(waiter.clone()))?;
+        Some(Slot {
+            engine: self.clone(),
+            key: (target.ip(), target.port(), port),
+            waiter,
+        })
+    }
+
+    /// A source port of the pool with no probe of `target` pending on it, now pending
+    /// with `isn` and answered to `to`; None when every one is taken. The search starts
+    /// at a rotating position, so that ports are reused as late as possible.
+    fn take_free_port(&self, target: SocketAddr, isn: u32, to: To) -> Option<u16> {
         let start = self.next_port.fetch_add(1, Ordering::Relaxed);
         let mut pending = lock(&self.pending);
         for i in 0..usize::from(POOL_PORTS) {
             let port = self.ports.base + ((start + i) % usize::from(POOL_PORTS)) as u16;
             let key = (target.ip(), target.port(), port);
             if let std::collections::hash_map::Entry::Vacant(v) = pending.entry(key) {
-                let waiter = Arc::new(Waiter {
-                    answer: Mutex::new(None),
-                    wake: Notify::new(),
-                });
-                v.insert(Pending {
-                    isn,
-                    to: To::Waiter(waiter.clone()),
-                });
-                return Some(Slot {
-                    engine: self.clone(),
-                    key,
-                    waiter,
-                });
+                v.insert(Pending { isn, to });
+                return Some(port);
             }
         }
         None
@@ -498,20 +503,7 @@ impl HalfOpen {
         sink: &Arc<BatchSink>,
         token: u32,
     ) -> Option<u16> {
-        let start = self.next_port.fetch_add(1, Ordering::Relaxed);
-        let mut pending = lock(&self.pending);
-        for i in 0..usize::from(POOL_PORTS) {
-            let port = self.ports.base + ((start + i) % usize::from(POOL_PORTS)) as u16;
-            let key = (target.ip(), target.port(), port);
-            if let std::collections::hash_map::Entry::Vacant(v) = pending.entry(key) {
-                v.insert(Pending {
-                    isn,
-                    to: To::Batch(sink.clone(), token),
-                });
-                return Some(port);
-            }
-        }
-        None
+        self.take_free_port(target, isn, To::Batch(sink.clone(), token))
     }
 
     /// Drops the registration of a batch sender's probe (timed out or given up).
