@@ -173,11 +173,7 @@ type Figures = BTreeMap<&'static str, f64>;
 fn xdp() -> Result<(Figures, Figures)> {
     pin_to_cpu0();
     let cap = Capacity {
-        // `LB_BENCH_CONNS`: another connection-table size (experiments only).
-        conn_table: std::env::var("LB_BENCH_CONNS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1 << 20),
+        conn_table: 1 << 20,
         ..Capacity::small()
     };
     let mut dr = Lab::with_capacity(cap.clone())?;
@@ -188,11 +184,7 @@ fn xdp() -> Result<(Figures, Figures)> {
     let hit = pkt::tcp_ack("192.168.1.5", 4000, "10.0.0.10", 80);
     let hit6 = pkt::tcp_ack("2001:db8::5", 4000, "fd00::10", 80);
     let pass = pkt::tcp_ack("192.168.1.5", 4000, "10.0.0.99", 80);
-    let n_flows = std::env::var("LB_BENCH_FLOWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(ITER as u32);
-    let new_flows: Vec<Vec<u8>> = (0..n_flows)
+    let new_flows: Vec<Vec<u8>> = (0..ITER as u32)
         .map(|i| {
             pkt::tcp(
                 &format!("172.{}.{}.{}", 16 + (i >> 16), (i >> 8) & 255, i & 255),
@@ -209,28 +201,6 @@ fn xdp() -> Result<(Figures, Figures)> {
 
     let mut r = BTreeMap::new();
     let mut rep = BTreeMap::new();
-    if let Some(n) = std::env::var("LB_BENCH_PROFILE")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        // Profiling aid: only the given path, n times, untimed.
-        let path = std::env::var("LB_BENCH_PATH").unwrap_or_default();
-        let (lab, f) = match path.as_str() {
-            "tun_v4" => (&mut tun, &hit),
-            "tun_v6" => (&mut tun, &hit6),
-            "floor" => {
-                for _ in 0..n {
-                    dr.run_prog("xdp_floor", &hit)?;
-                }
-                return Ok((r, rep));
-            }
-            _ => (&mut dr, &hit),
-        };
-        for _ in 0..n {
-            lab.run(f)?;
-        }
-        return Ok((r, rep));
-    }
     r.insert(
         "floor",
         measure(&mut dr, "xdp_floor", std::slice::from_ref(&hit), ITER)?,
@@ -246,13 +216,6 @@ fn xdp() -> Result<(Figures, Figures)> {
     let d = Delta::new(&dr);
     r.insert("new_flow", measure(&mut dr, "xdp_lb", &new_flows, ITER)?);
     d.check(&dr, Reason::TxDr, ITER as u64)?;
-    if n_flows as usize > ITER {
-        // Profiling aid: the rest of the flows, untimed.
-        for f in &new_flows[ITER..] {
-            dr.run(f)?;
-        }
-        return Ok((r, rep));
-    }
     let idx = dr
         .proj
         .vip_idx(&dr.state.services[0].id())
@@ -444,8 +407,6 @@ fn main() -> Result<()> {
     if std::env::var_os(bench_health::CHECKER_ENV).is_some() {
         return bench_health::checker_main();
     }
-    // `LB_BENCH_ONLY=control_plane`: only the control-plane figures, printed, nothing
-    // written (for profiling the apply path without the rest of the bench).
     // `LB_BENCH_ONLY=xdp`: only the XDP figures, printed, nothing written.
     if std::env::var("LB_BENCH_ONLY").as_deref() == Ok("xdp") {
         let (x, rep) = xdp()?;
@@ -456,6 +417,8 @@ fn main() -> Result<()> {
         println!("in-kernel repeat: {rep:?}");
         return Ok(());
     }
+    // `LB_BENCH_ONLY=control_plane`: only the control-plane figures, printed, nothing
+    // written (for profiling the apply path without the rest of the bench).
     if std::env::var("LB_BENCH_ONLY").as_deref() == Ok("control_plane") {
         let (apply_ms, change_ms, change_slots) = control_plane()?;
         println!(
