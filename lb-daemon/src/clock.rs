@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// Tick lengths of the HZ values Linux builds with (CONFIG_HZ_100 … CONFIG_HZ_1000).
+/// The HZ values Linux builds with (CONFIG_HZ_100 … CONFIG_HZ_1000).
 const KNOWN_HZ: [u64; 4] = [100, 250, 300, 1000];
 
 /// Nanoseconds per jiffy on this kernel (found once per process).
