@@ -64,6 +64,16 @@ pub const EVENT_STAT_SENT: u32 = 0;
 pub const EVENT_STAT_LOST: u32 = 1;
 pub const EVENT_STAT_SUPPRESSED: u32 = 2;
 
+/// HcCtrl flags: the daemon reads HC_ANSWERS on its own schedule (no wake-up per answer).
+pub const HC_F_POLLED: u32 = 1;
+/// HcAnswer kinds.
+pub const HC_ANSWER_OPEN: u8 = 1;
+pub const HC_ANSWER_REFUSED: u8 = 2;
+/// The bits of a half-open check's ISN that are the cookie (`hash::hc_cookie`); the
+/// rest are random per check, so that a late answer to an earlier check of the same
+/// target is told apart.
+pub const HC_COOKIE_MASK: u32 = 0x00ff_ffff;
+
 /// Default GUE destination port (UDP) on the real servers.
 pub const DEFAULT_GUE_PORT: u16 = 6080;
 /// Default MTU of the path to the real servers.
@@ -96,6 +106,9 @@ pub mod map_names {
     pub const EVENT_RL: &str = "EVENT_RL";
     pub const EVENT_STATS: &str = "EVENT_STATS";
     pub const VIP_INDEX: &str = "VIP_INDEX";
+    /// Not pinned: they belong to the daemon's half-open checker of the moment.
+    pub const HC_CTRL: &str = "HC_CTRL";
+    pub const HC_ANSWERS: &str = "HC_ANSWERS";
     /// Every map of `xdp_lb`, for pinning.
     pub const ALL: &[&str] = &[
         VIPS,
@@ -171,6 +184,8 @@ reasons! {
     DropNoBackend = 17, "no_backend";
     /// A map or helper failed (e.g. adjust_head): should never happen.
     DropInternal = 18, "internal";
+    /// An RST answering one of the daemon's half-open checks: reported to the daemon.
+    DropHealthAnswer = 19, "health_answer";
     /// DR: L2 rewrite, sent back out.
     TxDr = 32, "dr";
     /// Tunnel (IPIP / IP6IP6 / GUE) encapsulated, sent back out.
@@ -181,6 +196,9 @@ reasons! {
     TxIcmpTooBig = 35, "icmp_too_big";
     /// An ICMP error about a VIP flow, forwarded to that flow's backend.
     TxIcmpErrorFwd = 36, "icmp_error_forwarded";
+    /// A SYN-ACK answering one of the daemon's half-open checks: reported to the
+    /// daemon and turned into the RST the kernel would have sent.
+    TxHealthReset = 37, "health_reset";
 }
 
 /// Size of the REASONS counter array (indexed by `Reason as u32`).

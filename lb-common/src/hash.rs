@@ -47,6 +47,21 @@ pub fn flow_hash(k: &FlowKey) -> u32 {
     fmix(h)
 }
 
+/// The cookie in a half-open check's ISN (the bits of `HC_COOKIE_MASK`): keyed by the
+/// daemon's secret and the target, so that XDP tells the answers to the daemon's
+/// checks (`ack - 1`) from other traffic to those ports with no per-check state.
+#[inline(always)]
+pub fn hc_cookie(secret: &[u32; 4], remote: &[u8; 16], rport: u16) -> u32 {
+    let mut h = secret[0];
+    h = mix(h, word(remote, 0));
+    h = mix(h, word(remote, 4));
+    h = mix(h, word(remote, 8));
+    h = mix(h, word(remote, 12));
+    h = mix(h, secret[1] ^ rport as u32);
+    h = mix(h, secret[2]);
+    fmix(h ^ secret[3]) & crate::HC_COOKIE_MASK
+}
+
 /// The VIP_INDEX slot of a VIP key (0..VIP_INDEX_SLOTS).
 #[inline(always)]
 pub fn vip_slot(k: &crate::VipKey) -> u32 {

@@ -284,7 +284,42 @@ pub struct PassiveEvent {
 }
 assert_size!(PassiveEvent, 24);
 
+/// HC_CTRL (one entry): what XDP needs to recognise the answers to the daemon's
+/// half-open TCP checks without a map entry per check: the checks' source ports and
+/// the key of the cookie in their ISNs (`hash::hc_cookie`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HcCtrl {
+    /// The checks' source ports, inclusive, host order; `port_hi == 0`: off.
+    pub port_lo: u16,
+    pub port_hi: u16,
+    pub secret: [u32; 4],
+    /// `HC_F_*`.
+    pub flags: u32,
+}
+assert_size!(HcCtrl, 24);
+
+/// An answer to a half-open check, taken by XDP (HC_ANSWERS ring buffer). Ports and
+/// `ack` in host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HcAnswer {
+    /// The backend (an IPv4 address in the first 4 bytes).
+    pub remote: [u8; 16],
+    /// The answer's acknowledgement number: our ISN + 1.
+    pub ack: u32,
+    pub rport: u16,
+    pub lport: u16,
+    pub family: u8,
+    /// `HC_ANSWER_OPEN` (a SYN-ACK) or `HC_ANSWER_REFUSED` (an RST).
+    pub kind: u8,
+    pub _pad: [u8; 2],
+}
+assert_size!(HcAnswer, 28);
+
 pod!(
+    HcCtrl,
+    HcAnswer,
     VipKey,
     VipMeta,
     VipSlot,

@@ -15,7 +15,8 @@ use aya::{
     programs::{Xdp, XdpMode, xdp::XdpLinkId},
 };
 use lb_common::{
-    Backend, Conn, Counters, Ctrl, FlowKey, REASON_SLOTS, Reason, VipKey, VipMeta, map_names as m,
+    Backend, Conn, Counters, Ctrl, FlowKey, HcCtrl, REASON_SLOTS, Reason, VipKey, VipMeta,
+    map_names as m,
 };
 
 use crate::loader::Capacity;
@@ -242,6 +243,8 @@ pub struct DataPlane {
     events: Option<aya::maps::RingBuf<MapData>>,
     event_stats: PerCpuArray<MapData, u64>,
     vip_index: VipIndex,
+    /// HC_CTRL and HC_ANSWERS, until the half-open checker takes them.
+    hc: Option<(Array<MapData, HcCtrl>, aya::maps::RingBuf<MapData>)>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
@@ -287,6 +290,10 @@ impl DataPlane {
             events: Some(take(&mut ebpf, m::EVENTS)?.try_into()?),
             event_stats: take(&mut ebpf, m::EVENT_STATS)?.try_into()?,
             vip_index: VipIndex::new(take(&mut ebpf, m::VIP_INDEX)?)?,
+            hc: Some((
+                take(&mut ebpf, m::HC_CTRL)?.try_into()?,
+                take(&mut ebpf, m::HC_ANSWERS)?.try_into()?,
+            )),
             ebpf,
             cap,
         };
@@ -530,6 +537,14 @@ impl DataPlane {
     /// Takes the EVENTS ring buffer (for a task that waits on it); `None` once taken.
     pub fn take_events(&mut self) -> Option<aya::maps::RingBuf<MapData>> {
         self.events.take()
+    }
+
+    /// Takes HC_CTRL and HC_ANSWERS, for the half-open checker
+    /// (`HalfOpen::attach_data_plane`); `None` once taken.
+    pub fn take_health_answers(
+        &mut self,
+    ) -> Option<(Array<MapData, HcCtrl>, aya::maps::RingBuf<MapData>)> {
+        self.hc.take()
     }
 
     /// Drains pending passive events without waiting (if the ring buffer wasn't taken).

@@ -12,6 +12,7 @@ mod csum;
 mod decap;
 mod encap;
 mod forward;
+mod health;
 mod icmp;
 mod maps;
 mod parse;
@@ -70,6 +71,17 @@ fn try_lb(ctx: &XdpContext) -> Result<Reason, Reason> {
     }
     if p.frag == FRAG_LATER {
         return later_fragment(ctx, &p, ctrl);
+    }
+    if p.flow.proto == PROTO_TCP
+        && p.frag == parse::FRAG_NONE
+        && health::maybe_answer(p.tcp_flags)
+        && let Some(r) = health::answer(ctx, &p)
+    {
+        return Ok(if r == Reason::TxHealthReset {
+            health::reset(ctx, &p)
+        } else {
+            r
+        });
     }
     if !select::maybe_vip(&p.flow.dst) {
         return Ok(Reason::PassNotVip);

@@ -7,8 +7,9 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, Conn, Counters, Ctrl, DEFAULT_CONNS, DEFAULT_FRAGS, DEFAULT_MAX_BACKENDS,
-    DEFAULT_MAX_VIPS, DEFAULT_PERSIST, DEFAULT_RING_SIZE, FlowKey, FragKey, FragVal, PersistKey,
-    PersistVal, REASON_SLOTS, VIP_FILTER_WORDS, VIP_INDEX_SLOTS, VipKey, VipMeta, VipSlot,
+    DEFAULT_MAX_VIPS, DEFAULT_PERSIST, DEFAULT_RING_SIZE, FlowKey, FragKey, FragVal, HcCtrl,
+    PersistKey, PersistVal, REASON_SLOTS, VIP_FILTER_WORDS, VIP_INDEX_SLOTS, VipKey, VipMeta,
+    VipSlot,
 };
 
 /// BPF_F_MMAPABLE: the daemon writes Maglev slots straight into the map's memory.
@@ -82,3 +83,11 @@ pub static EVENT_RL: PerCpuArray<u64> = PerCpuArray::with_max_entries(DEFAULT_MA
 /// EVENT_STAT_* counters: sent, lost (ring full), suppressed (rate limit).
 #[map]
 pub static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);
+
+/// How to recognise the answers to the daemon's half-open checks (`HcCtrl`).
+#[map]
+pub static HC_CTRL: Array<HcCtrl> = Array::with_max_entries(1, 0);
+
+/// The answers to the daemon's half-open checks taken here (`HcAnswer`s).
+#[map]
+pub static HC_ANSWERS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);

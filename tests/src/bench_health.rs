@@ -68,6 +68,8 @@ pub const CHECKER_ENV: &str = "LB_BENCH_HEALTH_CHECKER";
 const TARGETS_ENV: &str = "LB_BENCH_HEALTH_TARGETS";
 /// The network namespace a child process enters first.
 const NETNS_ENV: &str = "LB_BENCH_HEALTH_NETNS";
+/// The checker's device, where it attaches the data plane (`xdp_lb`) as the daemon does.
+const XDP_DEV_ENV: &str = "LB_BENCH_HEALTH_XDP_DEV";
 /// Leftovers of earlier runs: `lbhb-<pid>-…`.
 const TAG: &str = "lbhb-";
 
@@ -111,6 +113,10 @@ pub struct ModeRun {
     pub failures: u64,
     /// Connections the listeners accepted over the whole run.
     pub accepted: u64,
+    /// Answers to half-open probes over the whole run: taken by the data plane (XDP),
+    /// and read from the raw sockets.
+    pub xdp_answers: u64,
+    pub socket_answers: u64,
     /// The same work alone in one thread, % of one core for 10,000 a second (connect:
     /// blocking connect + RST close, no runtime; half-open: the engine's probes one
     /// after the other on a current-thread runtime). None without raw sockets.
@@ -357,6 +363,25 @@ pub fn checker_main() -> Result<()> {
         }
         m => m.to_string(),
     };
+    // As the daemon: the data plane on the interface the answers come in on, handed
+    // to the half-open engine before the checks start.
+    let _dp = match std::env::var(XDP_DEV_ENV) {
+        Ok(dev) => {
+            let mut dp =
+                lb_daemon::bpf_maps::DataPlane::load(&lb_daemon::loader::Capacity::small())?;
+            dp.attach("xdp_lb", &dev)?;
+            lb_daemon::health::checks::halfopen::use_data_plane(&mut dp);
+            // The parent makes its NAPI threaded now that it exists (veth has NAPI
+            // only with XDP), and says when.
+            writeln!(std::io::stdout(), "attached")?;
+            std::io::stdout().flush()?;
+            let mut go = String::new();
+            std::io::stdin().read_line(&mut go)?;
+            ensure!(go.trim() == "go", "checker: expected go, got {go:?}");
+            Some(dp)
+        }
+        Err(_) => None,
+    };
     let health = Health::new();
     health.configure(&st);
     let mut out = std::io::stdout();
@@ -392,8 +417,11 @@ pub fn checker_main() -> Result<()> {
                 .iter()
                 .find(|b| b.state != lb_daemon::metrics::HealthState::Up)
         );
+        let engine = lb_daemon::health::checks::halfopen::shared();
         Ok(json!({
             "mode": what,
+            "xdp_answers": engine.map_or(0, |e| e.xdp_received()),
+            "socket_answers": engine.map_or(0, |e| e.received()),
             "process_pct": (u1 - u0 + s1 - s0) / wall * 100.0,
             "user_pct": (u1 - u0) / wall * 100.0,
             "sys_pct": (s1 - s0) / wall * 100.0,
@@ -499,7 +527,9 @@ impl Net {
                 run_cmd(&full)?;
             }
         }
-        // veth receives through NAPI only with an XDP program (or GRO): XDP_PASS on both.
+        // veth receives through NAPI only with an XDP program (or GRO): XDP_PASS on the
+        // listeners' side; on ours the checker attaches the data plane (`xdp_lb`), as
+        // the daemon does, and its NAPI thread exists while it runs.
         let mut loader = aya::EbpfLoader::new();
         for m in netns::UNUSED_MAPS {
             loader.map_max_entries(m, 16);
@@ -512,32 +542,17 @@ impl Net {
             .ok_or_else(|| anyhow!("no xdp_pass in the XDP object"))?
             .try_into()?;
         prog.load().context("verifying xdp_pass")?;
-        for (ns, dev) in [(&c, &hd), (&l, &pd)] {
-            let name = std::ffi::CString::new(dev.as_str())?;
-            netns::in_netns(ns, || {
-                Ok(prog.attach(name.as_c_str(), aya::programs::XdpMode::Driver)?)
-            })
-            .with_context(|| format!("attaching xdp_pass to {dev} in {ns}"))?;
-        }
+        let name = std::ffi::CString::new(pd.as_str())?;
+        netns::in_netns(&l, || {
+            Ok(prog.attach(name.as_c_str(), aya::programs::XdpMode::Driver)?)
+        })
+        .with_context(|| format!("attaching xdp_pass to {pd} in {l}"))?;
         self.xdp = Some(ebpf);
-        for (ns, dev) in [(&c, &hd), (&l, &pd)] {
-            // `ip netns exec` mounts that namespace's sysfs.
-            run_cmd(&[
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                "sh",
-                "-c",
-                &format!("echo 1 > /sys/class/net/{dev}/threaded"),
-            ])?;
-        }
-        for dev in [&hd, &pd] {
-            ensure!(
-                !napi_threads(dev).is_empty(),
-                "no threaded NAPI kthread for {dev}"
-            );
-        }
+        set_threaded(&l, &pd)?;
+        ensure!(
+            !napi_threads(&pd).is_empty(),
+            "no threaded NAPI kthread for {pd}"
+        );
         Ok(())
     }
 
@@ -547,6 +562,21 @@ impl Net {
             .flat_map(|p| (1..=254).map(move |h| format!("{TARGET_NET}.{h}:{p}").parse().unwrap()))
             .collect()
     }
+}
+
+/// Runs `dev`'s NAPI in kthreads of its own (it must have NAPI: with veth, XDP).
+fn set_threaded(ns: &str, dev: &str) -> Result<()> {
+    // `ip netns exec` mounts that namespace's sysfs.
+    run_cmd(&[
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "sh",
+        "-c",
+        &format!("echo 1 > /sys/class/net/{dev}/threaded"),
+    ])?;
+    Ok(())
 }
 
 /// The pids of `dev`'s NAPI kthreads (`napi/<dev>-<id>`, the name cut to 15 bytes).
@@ -651,18 +681,33 @@ fn run_mode(net: Option<&Net>, mode: TcpMode) -> Result<ModeRun> {
     ];
     if let Some(n) = net {
         cenv.push((NETNS_ENV, n.checker_ns.clone()));
+        cenv.push((XDP_DEV_ENV, n.host_dev.clone()));
     }
-    let napi = net.map(|n| (napi_threads(&n.host_dev), napi_threads(&n.peer_dev)));
-    let sample = || -> Result<(f64, f64)> {
-        match &napi {
-            Some((h, p)) => Ok((cpu_of(h)?, cpu_of(p)?)),
-            None => Ok((0.0, 0.0)),
-        }
-    };
     let (mut checker, mut cout) = child(&cenv)?;
     let result = (|| -> Result<(Value, f64, f64)> {
+        if let Some(n) = net {
+            let l = read_line(&mut cout, "checker")?;
+            ensure!(l == "attached", "checker: {l:?}");
+            set_threaded(&n.checker_ns, &n.host_dev)?;
+            let mut stdin = checker.stdin.take().context("checker stdin")?;
+            writeln!(stdin, "go")?;
+        }
         let l = read_line(&mut cout, "checker")?;
         ensure!(l == "window start", "checker: {l:?}");
+        // Ours exists once the checker attached its XDP program.
+        let napi = net.map(|n| (napi_threads(&n.host_dev), napi_threads(&n.peer_dev)));
+        if let Some((h, _)) = &napi {
+            ensure!(
+                !h.is_empty(),
+                "no threaded NAPI kthread on the checker's side"
+            );
+        }
+        let sample = || -> Result<(f64, f64)> {
+            match &napi {
+                Some((h, p)) => Ok((cpu_of(h)?, cpu_of(p)?)),
+                None => Ok((0.0, 0.0)),
+            }
+        };
         let (h0, p0) = sample()?;
         let l = read_line(&mut cout, "checker")?;
         let (h1, p1) = sample()?;
@@ -691,6 +736,15 @@ fn run_mode(net: Option<&Net>, mode: TcpMode) -> Result<ModeRun> {
         net.is_none() || (napi_host > 0.0 && napi_peer > 0.0),
         "the veth NAPI threads did no work (host {napi_host:.1}%, peer {napi_peer:.1}%)"
     );
+    // Veth, half-open: the checker's data plane takes the answers (else this bench
+    // measures the kernel path it replaced).
+    if net.is_some() && r["mode"] == "half-open" {
+        let (xdp, checks) = (r["xdp_answers"].as_u64(), r["checks"].as_u64());
+        ensure!(
+            xdp >= checks,
+            "the data plane took {xdp:?} answers for {checks:?} checks"
+        );
+    }
     let accepted = accepted?;
     let accepted: u64 = match accepted.strip_prefix("accepted ") {
         Some(n) => n.parse()?,
@@ -718,6 +772,8 @@ fn run_mode(net: Option<&Net>, mode: TcpMode) -> Result<ModeRun> {
         failures: f("failures")? as u64,
         accepted,
         floor_pct: r["floor_pct"].as_f64(),
+        xdp_answers: f("xdp_answers")? as u64,
+        socket_answers: f("socket_answers")? as u64,
     })
 }
 
@@ -762,7 +818,7 @@ pub fn markdown(h: &HealthBench, machine: &str, date: &str) -> String {
         "",
     );
     t += &row(
-        "our side's NAPI thread (SYN-ACK in, raw socket copy, our RST out)",
+        "our side's NAPI thread (veth: XDP takes the SYN-ACK and sends the RST)",
         &|r| na(r.napi_host_pct),
         "",
     );
@@ -793,6 +849,11 @@ pub fn markdown(h: &HealthBench, machine: &str, date: &str) -> String {
         "0 for half-open",
     );
     t += &row(
+        "answers taken by XDP / read from the raw sockets (whole run)",
+        &|r| format!("{} / {}", r.xdp_answers, r.socket_answers),
+        "",
+    );
+    t += &row(
         "floor: the same work alone in one thread, process only",
         &|r| na(r.floor_pct),
         "",
@@ -801,16 +862,18 @@ pub fn markdown(h: &HealthBench, machine: &str, date: &str) -> String {
         "## Health checks\n\nMachine: {machine}. Date: {date}.\n\n\
          {BACKENDS} backends, TCP checks every 1 s (the first slot of each drawn uniformly over \
          the interval), on a 2-worker tokio runtime as in the daemon, {SECONDS} s measured after a \
-         {} s warm-up; in the default tcp mode (`half-open`: a SYN from a shared raw socket, the \
-         kernel resets the SYN-ACK; all half-open checks run on one scheduler task, the SYNs of a \
-         millisecond sent with one sendmmsg) and with `tcp.mode = \"connect\"`. The checker and the \
+         {} s warm-up; in the default tcp mode (`half-open`: a SYN from a shared raw socket; all \
+         half-open checks run on one scheduler task, the SYNs of a millisecond sent with one \
+         sendmmsg; where the data plane runs, XDP takes the SYN-ACK, queues it for the checker on \
+         a ring buffer and turns it into the RST, else the kernel copies it to the raw socket and \
+         resets it) and with `tcp.mode = \"connect\"`. The checker and the \
          listeners (accept-and-close) are separate processes.\n\n\
          - **veth** (the figure reported): the checker in a network namespace, the listeners in \
-         another (4 ports × 254 addresses = 1,016 targets), joined by a veth pair with an XDP_PASS \
-         program on both ends (so that veth receives through NAPI) and threaded NAPI. The \
-         listeners' kernel work runs in their side's NAPI thread, as on a remote machine; our \
-         side's receive work (the SYN-ACK in, its copy to the raw socket, our kernel's RST back) in \
-         ours. **CPU of the checker = getrusage(RUSAGE_SELF) of the checking process (user + \
+         another (4 ports × 254 addresses = 1,016 targets), joined by a veth pair with threaded \
+         NAPI: on our end the checker attaches the data plane (`xdp_lb`) as the daemon does, on \
+         theirs an XDP_PASS program (veth receives through NAPI only with XDP). The listeners' \
+         kernel work runs in their side's NAPI thread, as on a remote machine; our side's receive \
+         work (XDP taking the SYN-ACK and sending the RST back) in ours. **CPU of the checker = getrusage(RUSAGE_SELF) of the checking process (user + \
          system) + utime + stime of our side's NAPI kthread** (`napi/<dev>-<id>`, from \
          /proc/<pid>/stat over the same window, tick-based accounting); the listeners' NAPI thread \
          is shown but not counted.\n\

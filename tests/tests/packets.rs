@@ -1067,3 +1067,200 @@ fn vip_index_caches_vips_and_collisions_fall_back() {
     l.apply_toml("").unwrap();
     assert!(l.dp.vip_index_holder(&other).is_none());
 }
+
+/// The answers to the daemon's half-open checks: a SYN-ACK or RST to one of the
+/// checks' source ports whose ACK carries our cookie is reported on HC_ANSWERS; the
+/// SYN-ACK leaves as the RST the kernel would have sent, the RST is dropped. Anything
+/// else to those ports (another cookie, another port, no config) passes unchanged.
+#[test]
+fn health_check_answers_are_reported_and_reset() {
+    use etherparse::{PacketBuilder, TcpOptionElement};
+    use lb_common::{HC_ANSWER_OPEN, HC_ANSWER_REFUSED, HC_COOKIE_MASK, HcAnswer, HcCtrl};
+
+    const BACKEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
+    let secret = [0x1111_2222, 0x3333_4444, 0x5555_6666, 0x7777_8888];
+    let isn_of = |remote: IpAddr, rport: u16, high: u32| {
+        let (r, _) = lb_daemon::sync::addr_bytes(remote);
+        (high << 24) | lb_common::hash::hc_cookie(&secret, &r, rport)
+    };
+    // An answer as a backend's kernel sends it: a SYN-ACK with options, or an RST.
+    let answer = |backend: IpAddr, lb: IpAddr, lport: u16, ack: u32, open: bool| {
+        let b = PacketBuilder::ethernet2(BACKEND_MAC, LB_MAC);
+        let ip = match (backend, lb) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => b.ipv4(s.octets(), d.octets(), 57),
+            (IpAddr::V6(s), IpAddr::V6(d)) => b.ipv6(s.octets(), d.octets(), 57),
+            _ => unreachable!(),
+        };
+        let mut out = Vec::new();
+        if open {
+            ip.tcp(80, lport, 0xabcd_0001, 64240)
+                .syn()
+                .ack(ack)
+                .options(&[
+                    TcpOptionElement::MaximumSegmentSize(1460),
+                    TcpOptionElement::SelectiveAcknowledgementPermitted,
+                    TcpOptionElement::Noop,
+                    TcpOptionElement::WindowScale(7),
+                ])
+                .unwrap()
+                .write(&mut out, &[])
+                .unwrap();
+        } else {
+            ip.tcp(80, lport, 0, 0)
+                .rst()
+                .ack(ack)
+                .write(&mut out, &[])
+                .unwrap();
+        }
+        out
+    };
+    // The RST our kernel would send for that SYN-ACK: seq = its ACK, no ACK of ours.
+    let rst = |backend: IpAddr, lb: IpAddr, lport: u16, seq: u32| {
+        let b = PacketBuilder::ethernet2(LB_MAC, BACKEND_MAC);
+        let ip = match (lb, backend) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => b.ipv4(s.octets(), d.octets(), 64),
+            (IpAddr::V6(s), IpAddr::V6(d)) => b.ipv6(s.octets(), d.octets(), 64),
+            _ => unreachable!(),
+        };
+        let mut out = Vec::new();
+        ip.tcp(lport, 80, seq, 0)
+            .rst()
+            .write(&mut out, &[])
+            .unwrap();
+        out
+    };
+
+    let mut l = lab("dr", "mh");
+    let (mut ctrl, mut ring) = l.dp.take_health_answers().expect("the maps");
+    let mut reports = || {
+        let mut v = Vec::new();
+        while let Some(item) = ring.next() {
+            assert_eq!(item.len(), std::mem::size_of::<HcAnswer>());
+            v.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<HcAnswer>()) });
+        }
+        v
+    };
+    let b4: IpAddr = "10.1.0.7".parse().unwrap();
+    let lb4: IpAddr = "10.9.0.1".parse().unwrap();
+    let b6: IpAddr = "fd00:1::7".parse().unwrap();
+    let lb6: IpAddr = "fd00:9::1".parse().unwrap();
+    let isn = isn_of(b4, 80, 0x5a);
+    let open4 = answer(b4, lb4, 40005, isn.wrapping_add(1), true);
+
+    // No HC_CTRL yet: the kernel's.
+    let r = l.run(&open4).unwrap();
+    assert_eq!((r.action, &r.out), (XDP_PASS, &open4));
+    ctrl.set(
+        0,
+        &HcCtrl {
+            port_lo: 40000,
+            port_hi: 40063,
+            secret,
+            flags: 0,
+        },
+        0,
+    )
+    .unwrap();
+    assert!(reports().is_empty());
+
+    let before = (
+        l.reason(Reason::TxHealthReset),
+        l.reason(Reason::DropHealthAnswer),
+    );
+    let r = l.run(&open4).unwrap();
+    assert_eq!(r.action, XDP_TX);
+    assert_eq!(
+        r.out,
+        rst(b4, lb4, 40005, isn.wrapping_add(1)),
+        "the IPv4 RST"
+    );
+    let mut want = HcAnswer {
+        ack: isn.wrapping_add(1),
+        rport: 80,
+        lport: 40005,
+        family: lb_common::FAMILY_V4,
+        kind: HC_ANSWER_OPEN,
+        ..HcAnswer::default()
+    };
+    want.remote[..4].copy_from_slice(&[10, 1, 0, 7]);
+    assert_eq!(reports(), vec![want]);
+
+    // The same behind a VLAN tag: the tag stays.
+    let r = l.run(&pkt::add_vlan(&open4, 42)).unwrap();
+    assert_eq!(r.action, XDP_TX);
+    assert_eq!(
+        r.out,
+        pkt::add_vlan(&rst(b4, lb4, 40005, isn.wrapping_add(1)), 42)
+    );
+    assert_eq!(reports().len(), 1);
+
+    // IPv6; and an RST (port closed), dropped.
+    let isn6 = isn_of(b6, 80, 0xff);
+    let r = l
+        .run(&answer(b6, lb6, 40063, isn6.wrapping_add(1), true))
+        .unwrap();
+    assert_eq!(r.action, XDP_TX);
+    assert_eq!(
+        r.out,
+        rst(b6, lb6, 40063, isn6.wrapping_add(1)),
+        "the IPv6 RST"
+    );
+    let r = l
+        .run(&answer(b4, lb4, 40000, isn.wrapping_add(1), false))
+        .unwrap();
+    assert_eq!(r.action, XDP_DROP);
+    let got = reports();
+    assert_eq!(got.len(), 2);
+    let r6 = lb_daemon::sync::addr_bytes(b6).0;
+    assert_eq!(
+        (
+            got[0].remote,
+            got[0].family,
+            got[0].lport,
+            got[0].ack,
+            got[0].kind
+        ),
+        (
+            r6,
+            lb_common::FAMILY_V6,
+            40063,
+            isn6.wrapping_add(1),
+            HC_ANSWER_OPEN
+        )
+    );
+    assert_eq!((got[1].lport, got[1].kind), (40000, HC_ANSWER_REFUSED));
+    assert_eq!(
+        (
+            l.reason(Reason::TxHealthReset) - before.0,
+            l.reason(Reason::DropHealthAnswer) - before.1
+        ),
+        (3, 1)
+    );
+
+    // Not ours: a cookie off by one bit, a port outside the range, another target
+    // (the cookie is the target's), an ACK without SYN, a SYN-ACK with FIN.
+    let other_cookie = isn ^ 1;
+    let mut others = vec![
+        answer(b4, lb4, 40005, other_cookie.wrapping_add(1), true),
+        answer(b4, lb4, 40064, isn.wrapping_add(1), true),
+        answer(b4, lb4, 39999, isn.wrapping_add(1), false),
+        answer(
+            "10.1.0.8".parse().unwrap(),
+            lb4,
+            40005,
+            isn.wrapping_add(1),
+            true,
+        ),
+        pkt::tcp_ack("10.1.0.7", 80, "10.9.0.1", 40005),
+    ];
+    let mut fin = answer(b4, lb4, 40005, isn.wrapping_add(1), true);
+    fin[L3 + 20 + 13] |= 0x01;
+    others.push(fin);
+    // Only the high (random) bits differ: still ours, as far as XDP can tell.
+    assert_eq!((isn ^ 0xff00_0000) & HC_COOKIE_MASK, isn & HC_COOKIE_MASK);
+    for f in &others {
+        let r = l.run(f).unwrap();
+        assert_eq!((r.action, &r.out), (XDP_PASS, f));
+    }
+    assert!(reports().is_empty());
+}

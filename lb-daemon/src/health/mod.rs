@@ -1077,7 +1077,11 @@ impl HealthSource for Health {
 /// changes what the tables should hold (and resets the flows of `on_down = "reset"`
 /// backends).
 pub async fn start(shared: Arc<crate::api::Shared>) {
-    let health = shared.rt.lock().await.health.clone();
+    let health = {
+        let mut rt = shared.rt.lock().await;
+        checks::halfopen::use_data_plane(&mut rt.dp);
+        rt.health.clone()
+    };
     health.start_checks();
     passive::start(shared.clone()).await;
     let mut rx = health.subscribe();

@@ -608,7 +608,7 @@ impl State {
                 return;
             }
         };
-        let isn: u32 = rand::random();
+        let isn = engine.isn_for(target);
         let lport = engine.register(target, isn, sink, id.index);
         let p = Probe {
             start: now,

@@ -56,6 +56,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::maps::{Array, MapData, RingBuf};
+use lb_common::{
+    FAMILY_V4, HC_ANSWER_OPEN, HC_ANSWER_REFUSED, HC_COOKIE_MASK, HC_F_POLLED, HcAnswer, HcCtrl,
+};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     sync::Notify,
@@ -199,6 +203,21 @@ pub struct HalfOpen {
     receiver_start: Mutex<()>,
     /// Segments and ICMP errors the receive task read (the filter's effect is visible here).
     received: AtomicU64,
+    /// Answers read from the data plane's ring.
+    xdp_received: AtomicU64,
+    /// The key of the cookie in our ISNs ([`HalfOpen::isn_for`]).
+    secret: [u32; 4],
+    /// The answers XDP takes, once a data plane is attached.
+    xdp: Mutex<Option<XdpAnswers>>,
+    /// Tells the receive task to end (and the next check to start one), so that it
+    /// waits on what was attached since it started.
+    rx_restart: Notify,
+}
+
+/// The data plane's side of the checks ([`HalfOpen::attach_data_plane`]).
+struct XdpAnswers {
+    ctrl: Array<MapData, HcCtrl>,
+    ring: RingBuf<MapData>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -252,6 +271,21 @@ pub fn shared() -> Option<&'static Arc<HalfOpen>> {
         .as_ref()
 }
 
+/// Has the process-wide instance take its answers from `dp`'s XDP program (see
+/// [`HalfOpen::attach_data_plane`]), if there is one and `dp` still has the maps.
+pub fn use_data_plane(dp: &mut crate::bpf_maps::DataPlane) {
+    let Some(engine) = shared() else { return };
+    let Some((ctrl, ring)) = dp.take_health_answers() else {
+        return;
+    };
+    match engine.attach_data_plane(ctrl, ring) {
+        Ok(()) => debug!("half-open tcp checks: answers taken by XDP where it runs"),
+        Err(e) => {
+            warn!(error = %e, "half-open tcp checks: cannot hand the answers to XDP; the kernel takes them")
+        }
+    }
+}
+
 impl HalfOpen {
     /// Opens the raw sockets (an error only when neither family can have one) and
     /// reserves the source ports, in the current network namespace.
@@ -286,7 +320,94 @@ impl HalfOpen {
             polled: AtomicBool::new(false),
             receiver_start: Mutex::new(()),
             received: AtomicU64::new(0),
+            xdp_received: AtomicU64::new(0),
+            secret: rand::random(),
+            xdp: Mutex::new(None),
+            rx_restart: Notify::new(),
         })
+    }
+
+    /// A fresh ISN for a check of `target`: the cookie XDP recognises the answers by
+    /// (`lb_common::hash::hc_cookie`) in its low bits, random high bits, so that a late
+    /// answer to an earlier check of the same target is still told apart.
+    pub fn isn_for(&self, target: SocketAddr) -> u32 {
+        let (remote, _) = crate::sync::addr_bytes(target.ip());
+        let cookie = lb_common::hash::hc_cookie(&self.secret, &remote, target.port());
+        (rand::random::<u32>() & !HC_COOKIE_MASK) | cookie
+    }
+
+    /// What XDP needs to take the answers to our checks.
+    fn hc_ctrl(&self) -> HcCtrl {
+        let r = self.port_range();
+        HcCtrl {
+            port_lo: *r.start(),
+            port_hi: *r.end(),
+            secret: self.secret,
+            flags: if self.polled() { HC_F_POLLED } else { 0 },
+        }
+    }
+
+    /// From now on the XDP program that owns these maps (the data plane's HC_CTRL and
+    /// HC_ANSWERS) takes the answers to our checks that reach it: each is read from
+    /// the ring instead of a raw socket, and XDP sends the RST for a SYN-ACK itself.
+    /// Answers that arrive elsewhere, or find the ring full, still come through the
+    /// raw sockets.
+    pub fn attach_data_plane(
+        &self,
+        mut ctrl: Array<MapData, HcCtrl>,
+        ring: RingBuf<MapData>,
+    ) -> io::Result<()> {
+        let mut xdp = lock(&self.xdp);
+        ctrl.set(0, &self.hc_ctrl(), 0).map_err(io::Error::other)?;
+        *xdp = Some(XdpAnswers { ctrl, ring });
+        drop(xdp);
+        self.rx_restart.notify_waiters();
+        Ok(())
+    }
+
+    /// Whether a data plane takes answers ([`HalfOpen::attach_data_plane`]).
+    pub fn has_data_plane(&self) -> bool {
+        lock(&self.xdp).is_some()
+    }
+
+    /// Reads the answers XDP queued and completes the probes they answer.
+    fn drain_xdp(&self) {
+        let mut replies = Vec::new();
+        {
+            let mut xdp = lock(&self.xdp);
+            let Some(x) = xdp.as_mut() else { return };
+            while let Some(item) = x.ring.next() {
+                if item.len() < size_of::<HcAnswer>() {
+                    continue;
+                }
+                // SAFETY: the program writes whole HcAnswers (repr(C), plain data).
+                let a: HcAnswer = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                let remote = if a.family == FAMILY_V4 {
+                    IpAddr::V4(Ipv4Addr::new(
+                        a.remote[0],
+                        a.remote[1],
+                        a.remote[2],
+                        a.remote[3],
+                    ))
+                } else {
+                    IpAddr::V6(Ipv6Addr::from(a.remote))
+                };
+                let answer = match a.kind {
+                    HC_ANSWER_OPEN => Answer::Open,
+                    HC_ANSWER_REFUSED => Answer::Refused,
+                    _ => continue,
+                };
+                replies.push(((remote, a.rport, a.lport), Seq::Ack(a.ack), answer));
+            }
+        }
+        self.xdp_received
+            .fetch_add(replies.len() as u64, Ordering::Relaxed);
+        self.complete_all(&mut replies);
+    }
+
+    /// Answers read from the data plane so far.
+    pub fn xdp_received(&self) -> u64 {
+        self.xdp_received.load(Ordering::Relaxed)
     }
 
     /// Whether `target`'s family has a raw socket.
@@ -323,7 +444,7 @@ impl HalfOpen {
         .as_raw_fd();
         self.ensure_receiver();
         let source = self.source_for(target)?;
-        let isn: u32 = rand::random();
+        let isn = self.isn_for(target);
         let slot = self.take_port(target, isn).await;
         let (buf, len) = syn_packet(source, target, slot.key.2, isn);
         let syn = &buf[..len];
@@ -369,6 +490,12 @@ impl HalfOpen {
     /// too.
     pub fn set_polled(&self, on: bool) {
         self.polled.store(on, Ordering::Release);
+        let mut xdp = lock(&self.xdp);
+        if let Some(x) = xdp.as_mut()
+            && let Err(e) = x.ctrl.set(0, &self.hc_ctrl(), 0)
+        {
+            warn!(error = %e, "half-open tcp checks: writing HC_CTRL");
+        }
     }
 
     /// Whether the sockets are polled (see [`HalfOpen::set_polled`]).
@@ -379,6 +506,7 @@ impl HalfOpen {
     /// Reads, without waiting, what the sockets of the families asked for hold, and
     /// completes the probes it answers (a batch sender's answers go to its sink).
     pub fn poll(&self, v4: bool, v6: bool) {
+        self.drain_xdp();
         for (fd, is_v6) in [(&self.v4, false), (&self.v6, true)] {
             let Some(fd) = fd else { continue };
             if !(if is_v6 { v6 } else { v4 }) {
@@ -750,10 +878,48 @@ async fn receive(guard: ReceiverGuard) {
             return;
         }
     };
+    // The data plane's ring, if one is attached (the fd stays open while it is: an
+    // attachment is never undone).
+    let xdp_fd = lock(&engine.xdp).as_ref().map(|x| x.ring.as_raw_fd());
+    let xdp = match xdp_fd
+        .map(|fd| {
+            // SAFETY: the ring's fd stays open as long as the engine, which `guard`
+            // keeps alive until after this AsyncFd is dropped (attachments are never
+            // undone).
+            unsafe { AsyncFd::register_with_interest(Borrowed(fd), Interest::READABLE) }
+        })
+        .transpose()
+    {
+        Ok(x) => x,
+        Err(e) => {
+            warn!(error = %e, "half-open tcp checks: cannot register the data plane's ring");
+            return;
+        }
+    };
+    // Answers queued before this task started.
+    engine.drain_xdp();
     loop {
+        let restart = engine.rx_restart.notified();
         let r = tokio::select! {
             r = ready(v4.as_ref()) => r.map(|g| (g, false)),
             r = ready(v6.as_ref()) => r.map(|g| (g, true)),
+            r = ready(xdp.as_ref()) => {
+                if engine.polled.load(Ordering::Acquire) {
+                    return;
+                }
+                match r {
+                    Ok(mut g) => {
+                        engine.drain_xdp();
+                        g.clear_ready();
+                        continue;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "half-open tcp checks: waiting on the data plane's ring");
+                        return;
+                    }
+                }
+            }
+            () = restart => return,
         };
         let (mut g, v6) = match r {
             Ok(x) => x,
