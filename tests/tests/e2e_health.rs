@@ -98,6 +98,14 @@ fn config(instance: &str, sleep_marker: &str, token_file: &str) -> String {
         svc(8081, &http("port = 80\non_down = \"reset\"\n")),
         svc(81, &http("port = 80\n[service.health.http]\nexpect_status = [\"500\"]\n")),
         svc(82, &http("port = 80\n[service.health.http]\nbody_contains = \"no-such-text\"\n")),
+        // Half-open TCP checks of nginx: their answers are taken by the daemon's XDP
+        // program on the LB's interface (SYN-ACK: RST sent from XDP; RST: dropped).
+        svc(
+            84,
+            &format!(
+                "[service.health]\ntype = \"tcp\"\ninterval = {INTERVAL}\ntimeout = {TIMEOUT}\nfall = {FALL}\nrise = {RISE}\nport = 80\n"
+            ),
+        ),
         svc(
             83,
             &format!(
@@ -325,7 +333,16 @@ fn health_checks_take_backends_out_and_back_in_namespaces() {
     wait_for(
         "every backend of :80, :8080, :8081 checked UP",
         10.0,
-        || all_checked_up(80) && all_checked_up(8080) && all_checked_up(8081),
+        || all_checked_up(80) && all_checked_up(8080) && all_checked_up(8081) && all_checked_up(84),
+    );
+    let b = api.backend(84, rs2);
+    assert_eq!(
+        (
+            b["check"]["type"].as_str(),
+            b["last_check"]["detail"].as_str()
+        ),
+        (Some("tcp"), Some("SYN-ACK (half-open)")),
+        "{b:#}"
     );
     let b = api.backend(8080, rs2);
     assert_eq!(
@@ -448,6 +465,14 @@ fn health_checks_take_backends_out_and_back_in_namespaces() {
             .as_str()
             .unwrap()
             .contains("connection refused"),
+        "{b:#}"
+    );
+    // The half-open checks saw nginx's port refuse (an RST, taken by XDP).
+    wait_for("rs2 DOWN on :84", bound, || api.state(84, rs2) == "DOWN");
+    let b = api.backend(84, rs2);
+    assert_eq!(
+        b["last_check"]["detail"].as_str(),
+        Some("connection refused"),
         "{b:#}"
     );
     let evs = events(&api);
@@ -624,6 +649,22 @@ fn health_checks_take_backends_out_and_back_in_namespaces() {
     println!(
         "rs2 back after {:.2} s DOWN",
         stopped.elapsed().as_secs_f64()
+    );
+    wait_for("rs2 UP on :84", bound, || api.state(84, rs2) == "UP");
+    // Those answers went through the data plane: SYN-ACKs reset there, RSTs dropped.
+    let reasons = api.get("/v1/stats")["reasons"].clone();
+    let count = |label: &str| {
+        reasons
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r[1] == label)
+            .and_then(|r| r[2].as_u64())
+            .unwrap_or(0)
+    };
+    assert!(
+        count("health_reset") >= 2 * SERVERS.len() as u64 && count("health_answer") >= 2,
+        "half-open answers taken by XDP: {reasons}"
     );
 
     // The transfer to the healthy backend was still going when rs2 came back, and ends

@@ -289,8 +289,9 @@ impl<'de> Deserialize<'de> for StatusRange {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TcpMode {
-    /// A SYN from a raw socket: a SYN-ACK passes (the kernel answers it with an RST,
-    /// no socket owning the 4-tuple), an RST or an ICMP error fails. The backend's
+    /// A SYN from a raw socket: a SYN-ACK passes (answered with an RST: by the
+    /// balancer's XDP program where it comes in through it, else by the kernel, no
+    /// socket owning the 4-tuple), an RST or an ICMP error fails. The backend's
     /// application never sees a connection, and it costs a fraction of a connect.
     /// Falls back to `connect` when raw sockets are not allowed (no CAP_NET_RAW).
     #[default]
