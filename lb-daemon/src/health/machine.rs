@@ -67,7 +67,10 @@ impl Default for Params {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Input {
     /// The result of an active check (after its retries).
-    Check { ok: bool, detail: String },
+    Check {
+        ok: bool,
+        detail: std::borrow::Cow<'static, str>,
+    },
     /// The data plane saw this backend fail to answer.
     PassiveFailure(String),
     /// The data plane saw traffic to this backend succeed.

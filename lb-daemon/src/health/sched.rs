@@ -23,6 +23,7 @@
 //! running, if any), the next slots then following from it.
 
 use std::{
+    borrow::Cow,
     cmp::Reverse,
     collections::BinaryHeap,
     net::{IpAddr, SocketAddr},
@@ -65,7 +66,7 @@ pub struct Done {
     pub id: Id,
     pub key: BackendKey,
     pub ok: bool,
-    pub detail: String,
+    pub detail: Cow<'static, str>,
     /// Of the last attempt.
     pub took: Duration,
     pub attempts: u32,
@@ -604,7 +605,7 @@ impl State {
                     since_sent: Duration::ZERO,
                     rto: FIRST_RTO,
                 });
-                self.end_attempt(id, false, io_detail(&e), now, pass);
+                self.end_attempt(id, false, io_detail(&e).into(), now, pass);
                 return;
             }
         };
@@ -637,7 +638,14 @@ impl State {
     }
 
     /// The current attempt of `id` ended: the check is done, or the next attempt waits.
-    fn end_attempt(&mut self, id: Id, ok: bool, detail: String, now: Instant, pass: &mut Pass) {
+    fn end_attempt(
+        &mut self,
+        id: Id,
+        ok: bool,
+        detail: Cow<'static, str>,
+        now: Instant,
+        pass: &mut Pass,
+    ) {
         let Some(s) = self.get(id) else { return };
         let Some(run) = s.run.as_mut() else { return };
         let took = match &run.attempt {
@@ -696,9 +704,9 @@ impl State {
         }
         // The receive task dropped the registration with the answer.
         let (ok, detail) = match a.answer {
-            Answer::Open => (true, "SYN-ACK (half-open)".to_string()),
-            Answer::Refused => (false, "connection refused".to_string()),
-            Answer::Unreachable(what) => (false, what),
+            Answer::Open => (true, Cow::Borrowed("SYN-ACK (half-open)")),
+            Answer::Refused => (false, Cow::Borrowed("connection refused")),
+            Answer::Unreachable(what) => (false, Cow::Owned(what)),
         };
         self.end_attempt(id, ok, detail, now, pass);
     }
@@ -728,7 +736,7 @@ impl State {
         if let Some(lport) = p.lport {
             engine.release(target, lport, isn);
         }
-        self.end_attempt(id, false, io_detail(e), now, pass);
+        self.end_attempt(id, false, io_detail(e).into(), now, pass);
     }
 }
 

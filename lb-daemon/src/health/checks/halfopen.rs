@@ -190,7 +190,8 @@ pub struct HalfOpen {
     v4: Option<OwnedFd>,
     v6: Option<OwnedFd>,
     ports: PortPool,
-    pending: Mutex<HashMap<Key, Pending>>,
+    /// foldhash, not SipHash: looked up per probe and per answer; its keys are ours.
+    pending: Mutex<HashMap<Key, Pending, foldhash::fast::RandomState>>,
     /// Where the next check starts looking for a free source port.
     next_port: AtomicUsize,
     /// Checks waiting for a source port (all taken for their target) and their wake-up.
@@ -311,7 +312,7 @@ impl HalfOpen {
             v4,
             v6,
             ports,
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::default()),
             next_port: AtomicUsize::new(0),
             port_waiters: AtomicUsize::new(0),
             port_freed: Notify::new(),
