@@ -219,6 +219,8 @@ pub struct HalfOpen {
 struct XdpAnswers {
     ctrl: Array<MapData, HcCtrl>,
     ring: RingBuf<MapData>,
+    /// The last read's buffer, kept.
+    replies: Vec<(Key, Seq, Answer)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -360,7 +362,11 @@ impl HalfOpen {
     ) -> io::Result<()> {
         let mut xdp = lock(&self.xdp);
         ctrl.set(0, &self.hc_ctrl(), 0).map_err(io::Error::other)?;
-        *xdp = Some(XdpAnswers { ctrl, ring });
+        *xdp = Some(XdpAnswers {
+            ctrl,
+            ring,
+            replies: Vec::new(),
+        });
         drop(xdp);
         self.rx_restart.notify_waiters();
         Ok(())
@@ -373,10 +379,10 @@ impl HalfOpen {
 
     /// Reads the answers XDP queued and completes the probes they answer.
     fn drain_xdp(&self) {
-        let mut replies = Vec::new();
-        {
+        let mut replies = {
             let mut xdp = lock(&self.xdp);
             let Some(x) = xdp.as_mut() else { return };
+            let mut replies = std::mem::take(&mut x.replies);
             while let Some(item) = x.ring.next() {
                 if item.len() < size_of::<HcAnswer>() {
                     continue;
@@ -400,10 +406,15 @@ impl HalfOpen {
                 };
                 replies.push(((remote, a.rport, a.lport), Seq::Ack(a.ack), answer));
             }
-        }
+            replies
+        };
         self.xdp_received
             .fetch_add(replies.len() as u64, Ordering::Relaxed);
         self.complete_all(&mut replies);
+        // The buffer back for the next read (once per millisecond while polled).
+        if let Some(x) = lock(&self.xdp).as_mut() {
+            x.replies = replies;
+        }
     }
 
     /// Answers read from the data plane so far.
@@ -490,7 +501,10 @@ impl HalfOpen {
     /// next wake-up, and the poller completes every pending probe, [`HalfOpen::probe`]'s
     /// too.
     pub fn set_polled(&self, on: bool) {
-        self.polled.store(on, Ordering::Release);
+        // Called on every pass of the scheduler: HC_CTRL is written only on a change.
+        if self.polled.swap(on, Ordering::AcqRel) == on {
+            return;
+        }
         let mut xdp = lock(&self.xdp);
         if let Some(x) = xdp.as_mut()
             && let Err(e) = x.ctrl.set(0, &self.hc_ctrl(), 0)
