@@ -1664,6 +1664,42 @@ mod tests {
         lock(&engine.pending).len()
     }
 
+    /// XDP recognises our answers by the cookie in the low bits of the ISN: it must be
+    /// the target's (address and port), under this engine's key; the high bits vary.
+    #[test]
+    fn isns_carry_the_targets_cookie() {
+        if !is_root() {
+            eprintln!("skipped: needs root (raw sockets)");
+            return;
+        }
+        let e = HalfOpen::new().expect("engine");
+        let ctrl = e.hc_ctrl();
+        assert_eq!(
+            (ctrl.port_lo, ctrl.port_hi),
+            (*e.port_range().start(), *e.port_range().end())
+        );
+        assert_eq!(ctrl.secret, e.secret);
+        for target in ["10.1.0.7:80", "[fd00:1::7]:443"] {
+            let target: SocketAddr = target.parse().unwrap();
+            let (addr, _) = crate::sync::addr_bytes(target.ip());
+            let cookie = lb_common::hash::hc_cookie(&e.secret, &addr, target.port());
+            let isns: Vec<u32> = (0..64).map(|_| e.isn_for(target)).collect();
+            assert!(
+                isns.iter().all(|i| i & HC_COOKIE_MASK == cookie),
+                "{isns:x?}"
+            );
+            assert!(
+                isns.iter().any(|i| i >> 24 != isns[0] >> 24),
+                "the high bits never vary: {isns:x?}"
+            );
+            // Another port of the same address, another address: another cookie.
+            let other_port = lb_common::hash::hc_cookie(&e.secret, &addr, target.port() + 1);
+            assert_ne!(other_port, cookie);
+        }
+        let other = HalfOpen::new().expect("a second engine");
+        assert_ne!(other.secret, e.secret, "the key is per engine");
+    }
+
     #[test]
     fn checksum_verifies_and_matches_a_reference() {
         let src: IpAddr = "10.0.0.1".parse().unwrap();
