@@ -536,13 +536,8 @@ fn health_checks_take_backends_out_and_back_in_namespaces() {
     let before = api.conns(80, rs2);
     let mut tally: BTreeMap<String, u32> = BTreeMap::new();
     for i in 0..50 {
-        let out = lab
-            .client("curl")
-            .args(["-s", "--max-time", "2", &format!("http://{VIP}/")])
-            .output()
-            .unwrap();
-        let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        assert!(out.status.success(), "request {i}: {} {body:?}", out.status);
+        let (status, body) = lab.request(&format!("http://{VIP}/")).unwrap();
+        assert!(status.success(), "request {i}: {status} {body:?}");
         *tally.entry(body).or_default() += 1;
     }
     assert!(!tally.contains_key("rs2"), "{tally:?}");
@@ -675,14 +670,8 @@ fn health_checks_take_backends_out_and_back_in_namespaces() {
     );
     let mut tally: BTreeMap<String, u32> = BTreeMap::new();
     for _ in 0..30 {
-        let out = lab
-            .client("curl")
-            .args(["-s", "--max-time", "2", &format!("http://{VIP}/")])
-            .output()
-            .unwrap();
-        *tally
-            .entry(String::from_utf8_lossy(&out.stdout).trim().to_string())
-            .or_default() += 1;
+        let (_, body) = lab.request(&format!("http://{VIP}/")).unwrap();
+        *tally.entry(body).or_default() += 1;
     }
     assert!(
         tally.contains_key("rs2"),

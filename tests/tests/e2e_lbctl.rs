@@ -992,18 +992,11 @@ impl Rig {
 
     /// Whether a single request through the VIP fails.
     fn curl_fails(&self) -> bool {
-        let out = self
+        let (status, _) = self
             .lab
-            .client("curl")
-            .args([
-                "-sS",
-                "--max-time",
-                "3",
-                &format!("http://{VIP}:{VIP_PORT}/"),
-            ])
-            .output()
+            .request(&format!("http://{VIP}:{VIP_PORT}/"))
             .expect("running curl");
-        !out.status.success()
+        !status.success()
     }
 
     /// A kept-alive connection through the VIP that landed on `server` (rsN).

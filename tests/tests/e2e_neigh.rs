@@ -185,17 +185,11 @@ impl Rig {
         let mut tally = BTreeMap::new();
         let mut failures = Vec::new();
         for i in 0..n {
-            let out = self
-                .lab
-                .client("curl")
-                .args(["-s", "--max-time", "2", &url])
-                .output()
-                .expect("running curl");
-            let body = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-            if out.status.success() && !body.is_empty() {
+            let (status, body) = self.lab.request(&url).expect("running curl");
+            if status.success() && !body.is_empty() {
                 *tally.entry(body).or_default() += 1;
             } else {
-                failures.push(format!("request {i}: {} {body:?}", out.status));
+                failures.push(format!("request {i}: {status} {body:?}"));
             }
         }
         assert!(

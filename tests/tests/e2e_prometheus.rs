@@ -367,14 +367,9 @@ fn prometheus_and_the_stats_page_see_what_the_data_plane_did() {
     let url = format!("http://{VIP}:{VIP_PORT}/");
     let mut tally: BTreeMap<String, u64> = BTreeMap::new();
     for i in 0..REQUESTS {
-        let out = lab
-            .client("curl")
-            .args(["-s", "--max-time", "2", &url])
-            .output()
-            .expect("running curl");
-        let body = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let (status, body) = lab.request(&url).expect("running curl");
         assert!(
-            out.status.success() && !body.is_empty(),
+            status.success() && !body.is_empty(),
             "request {i}: {body:?}"
         );
         *tally.entry(body).or_default() += 1;

@@ -290,23 +290,13 @@ impl Rig {
 
     /// One request from the client through the VIP: the answering server's name.
     fn request_vip(&self) -> String {
-        let out = self
+        let (status, body) = self
             .lab
-            .client("curl")
-            .args([
-                "-sS",
-                "--max-time",
-                "3",
-                &format!("http://{VIP}:{VIP_PORT}/"),
-            ])
-            .output()
+            .request(&format!("http://{VIP}:{VIP_PORT}/"))
             .expect("running curl");
-        let body = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         assert!(
-            out.status.success() && SERVERS.iter().any(|s| s.name == body),
-            "request through the VIP: {} {body:?} {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
+            status.success() && SERVERS.iter().any(|s| s.name == body),
+            "request through the VIP: {status} {body:?}"
         );
         body
     }

@@ -42,15 +42,10 @@ pub fn run(daemon: &Path, requests: u32) -> Result<()> {
     let mut failures = Vec::new();
     for i in 1..=requests {
         // One curl, one connection, a fresh source port.
-        let out = lab
-            .client("curl")
-            .args(["-s", "--max-time", "2", &url])
-            .output()
-            .context("running curl")?;
-        let body = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let (status, body) = lab.request(&url)?;
         match tally.get_mut(&body) {
-            Some(n) if out.status.success() => *n += 1,
-            _ => failures.push(format!("request {i}: curl {} body {body:?}", out.status)),
+            Some(n) if status.success() => *n += 1,
+            _ => failures.push(format!("request {i}: curl {status} body {body:?}")),
         }
     }
 

@@ -618,6 +618,20 @@ http {{
         c
     }
 
+    /// One request from the client (one curl, one connection, a fresh source port, at
+    /// most 3 s): curl's exit status and the body, trimmed.
+    pub fn request(&self, url: &str) -> Result<(std::process::ExitStatus, String)> {
+        let out = self
+            .client("curl")
+            .args(["-s", "--max-time", "3", url])
+            .output()
+            .context("running curl")?;
+        Ok((
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        ))
+    }
+
     /// Stops the processes, detaches the XDP programs, removes the namespaces and
     /// files. Idempotent; also run on drop.
     pub fn cleanup(&mut self) -> Result<()> {
