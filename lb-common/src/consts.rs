@@ -64,6 +64,12 @@ pub const EVENT_STAT_SENT: u32 = 0;
 pub const EVENT_STAT_LOST: u32 = 1;
 pub const EVENT_STAT_SUPPRESSED: u32 = 2;
 
+/// TCP header flags.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
 /// HcCtrl flags: the daemon reads HC_ANSWERS on its own schedule (no wake-up per answer).
 pub const HC_F_POLLED: u32 = 1;
 /// HcAnswer kinds.

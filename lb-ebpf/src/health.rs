@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     FAMILY_V4, HC_ANSWER_OPEN, HC_ANSWER_REFUSED, HC_COOKIE_MASK, HC_F_POLLED, HcAnswer, Reason,
-    hash,
+    TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, hash,
 };
 
 use crate::{
@@ -25,10 +25,6 @@ use crate::{
     parse::{Packet, ptr_at, within},
 };
 
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 const TCP_HDR_LEN: usize = 20;
 const PROTO_TCP: u16 = 6;
 const RST_TTL: u8 = 64;

@@ -19,15 +19,12 @@ mod parse;
 mod select;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::{PROTO_TCP, PROTO_UDP, Reason};
+use lb_common::{PROTO_TCP, PROTO_UDP, Reason, TCP_ACK, TCP_SYN};
 
 use crate::{
     maps::{CTRL, FRAGS},
     parse::{FRAG_FIRST, FRAG_LATER, ptr_at},
 };
-
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
 
 #[xdp]
 pub fn xdp_lb(ctx: XdpContext) -> u32 {

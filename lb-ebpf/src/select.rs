@@ -5,7 +5,7 @@ use aya_ebpf::helpers::bpf_jiffies64;
 use lb_common::{
     BACKEND_F_VALID, Backend, CONN_F_ACK_SEEN, CONN_F_FIN_SEEN, CONN_F_RST_SEEN, CONN_F_SYN_SEEN,
     CTRL_F_HAS_WILDCARD, Conn, Ctrl, FlowKey, NO_BACKEND, PersistKey, PersistVal, Reason, SCHED_RR,
-    SCHED_SH, SCHED_WRR, VipKey, VipMeta,
+    SCHED_SH, SCHED_WRR, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, VipKey, VipMeta,
     hash::{addr_filter_bit, flow_hash, slot, src_hash, vip_slot},
 };
 
@@ -15,10 +15,6 @@ use crate::maps::{
 };
 
 const NS: u64 = 1_000_000_000;
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 const BPF_ANY: u64 = 0;
 const BPF_NOEXIST: u64 = 1;
 

@@ -29,7 +29,8 @@ use lb_common::{
     BACKEND_F_VALID, Backend, CONN_F_ACK_SEEN, CONN_F_FIN_SEEN, CONN_F_RST_SEEN, CONN_F_SYN_SEEN,
     CTRL_F_SRC_FROM_FLOW, Ctrl, FAMILY_V4, FAMILY_V6, FlowKey, FragKey, MODE_DR, MODE_TUN_GUE,
     NO_BACKEND, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP, PersistKey,
-    REASON_SLOTS, Reason, SCHED_RR, SCHED_SH, SCHED_WRR, VIP_F_ADDR_MARKER, VipKey, VipMeta,
+    REASON_SLOTS, Reason, SCHED_RR, SCHED_SH, SCHED_WRR, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    VIP_F_ADDR_MARKER, VipKey, VipMeta,
     hash::{flow_hash, slot, src_hash},
 };
 use lb_daemon::bpf_maps::DataPlane;
@@ -41,10 +42,6 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const IPV6_FRAG: u8 = 44;
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 /// TTL / hop limit of every header the LB writes.
 const TTL: u8 = 64;
 /// Bytes of the offending packet quoted by an ICMP "too big".

@@ -59,6 +59,7 @@ use std::{
 use aya::maps::{Array, MapData, RingBuf};
 use lb_common::{
     FAMILY_V4, HC_ANSWER_OPEN, HC_ANSWER_REFUSED, HC_COOKIE_MASK, HC_F_POLLED, HcAnswer, HcCtrl,
+    TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -73,10 +74,6 @@ pub const ROUTE_TTL: Duration = Duration::from_secs(30);
 /// The first retransmission of an unanswered SYN (then doubling), as the kernel.
 const FIRST_RTO: Duration = Duration::from_secs(1);
 
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 /// The SYN: a 20-byte header and an MSS option.
 const SYN_LEN: usize = 24;
 
