@@ -1604,11 +1604,23 @@ mac = "02:00:00:00:00:16"
                             .iter()
                             .any(|e| e.new == "DOWN-WAIT" && e.backend == Some(b[3].address))
                     );
-                    let extra_ok = b[4..]
-                        .iter()
-                        .filter(|b| b.checks >= 1 && b.failures == 0)
-                        .count();
-                    assert_eq!(extra_ok, extra, "every extra backend checked, and passing");
+                    // Their first slots are spread over their 1 s interval, the last
+                    // ones possibly answered after the view above: waited for.
+                    let extra_ok = |h: &Health| {
+                        h.view().services[0].backends[4..]
+                            .iter()
+                            .filter(|b| b.checks >= 1 && b.failures == 0)
+                            .count()
+                    };
+                    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+                    while extra_ok(&h) < extra && std::time::Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    assert_eq!(
+                        extra_ok(&h),
+                        extra,
+                        "every extra backend checked, and passing"
+                    );
                     match open.accept() {
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                         other => panic!("the listener accepted a connection: {other:?}"),
