@@ -27,13 +27,9 @@ use std::{
     collections::BTreeMap,
     fs,
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     path::PathBuf,
     process::{Child, Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     thread::sleep,
     time::{Duration, Instant},
 };
@@ -116,46 +112,9 @@ fn config(instance: &str, sleep_marker: &str, token_file: &str) -> String {
     .concat()
 }
 
-/// A long-transfer HTTP server on ports 8080 and 8081 of each real server (its sockets
-/// made in the server's namespace): answers any request with `BIG` bytes.
-struct TestServers {
-    stop: Arc<AtomicBool>,
-}
-
-impl TestServers {
-    fn start(lab: &Lab) -> TestServers {
-        let stop = Arc::new(AtomicBool::new(false));
-        for s in &SERVERS {
-            for port in [8080u16, 8081] {
-                let l = netns::in_netns(&lab.ns(s.name), || {
-                    Ok(TcpListener::bind(("0.0.0.0", port))?)
-                })
-                .expect("test server listener");
-                l.set_nonblocking(true).unwrap();
-                let stop = stop.clone();
-                std::thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        match l.accept() {
-                            Ok((c, _)) => {
-                                std::thread::spawn(move || serve_big(c));
-                            }
-                            Err(_) => sleep(Duration::from_millis(20)),
-                        }
-                    }
-                });
-            }
-        }
-        TestServers { stop }
-    }
-}
-
-impl Drop for TestServers {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-fn serve_big(mut c: TcpStream) {
+/// The long-transfer test servers on ports 8080 and 8081 of each real server (see
+/// `Lab::serve_on_servers`): any request is answered with `BIG` bytes.
+fn serve_big(mut c: TcpStream, _server: &'static str) {
     c.set_nonblocking(false).unwrap();
     let mut buf = [0u8; 4096];
     let mut got = Vec::new();
@@ -303,7 +262,9 @@ fn health_checks_take_backends_out_and_back_in_namespaces() {
     let lbctl = e2e::lbctl();
     let prefix = format!("lbhc-{}-", std::process::id());
     let mut lab = Lab::build(&prefix, lb_daemon::EBPF_OBJECT).expect("building the topology");
-    let _servers = TestServers::start(&lab);
+    let _servers = lab
+        .serve_on_servers(&[8080, 8081], serve_big)
+        .expect("test servers");
     let marker = format!("sleep 30.{}", std::process::id());
     let token_file = lab.dir.join("token");
     fs::write(&token_file, TOKEN).unwrap();

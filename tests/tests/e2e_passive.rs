@@ -27,7 +27,7 @@ mod netns;
 
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     process::Command,
     sync::{
         Arc,
@@ -75,51 +75,14 @@ fn config(instance: &str) -> String {
     s
 }
 
-/// Small HTTP servers on ports 8080 and 8081 of each real server (sockets made in its
-/// namespace), answering each request with the server's name.
-struct Servers {
-    stop: Arc<AtomicBool>,
-}
-
-impl Servers {
-    fn start(lab: &Lab) -> Servers {
-        let stop = Arc::new(AtomicBool::new(false));
-        for s in &SERVERS {
-            for port in [8080u16, 8081] {
-                let l = netns::in_netns(&lab.ns(s.name), || {
-                    Ok(TcpListener::bind(("0.0.0.0", port))?)
-                })
-                .expect("test server listener");
-                l.set_nonblocking(true).unwrap();
-                let stop = stop.clone();
-                let name = s.name;
-                std::thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        match l.accept() {
-                            Ok((mut c, _)) => {
-                                let _ = c.set_nonblocking(false);
-                                let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
-                                let mut buf = [0u8; 512];
-                                let _ = c.read(&mut buf);
-                                let _ = c.write_all(
-                                    format!("HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\n{name}")
-                                        .as_bytes(),
-                                );
-                            }
-                            Err(_) => sleep(Duration::from_millis(5)),
-                        }
-                    }
-                });
-            }
-        }
-        Servers { stop }
-    }
-}
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
+/// The small HTTP servers on ports 8080 and 8081 of each real server (see
+/// `Lab::serve_on_servers`): each request is answered with the server's name.
+fn serve_name(mut c: TcpStream, name: &'static str) {
+    let _ = c.set_nonblocking(false);
+    let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut buf = [0u8; 512];
+    let _ = c.read(&mut buf);
+    let _ = c.write_all(format!("HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\n{name}").as_bytes());
 }
 
 /// Client threads opening one connection after another to VIP:port (a new source port
@@ -206,7 +169,9 @@ fn passive_detection_takes_silent_backends_down_in_namespaces() {
     let daemon = e2e::daemon();
     let prefix = format!("lbpas-{}-", std::process::id());
     let mut lab = Lab::build(&prefix, lb_daemon::EBPF_OBJECT).expect("building the topology");
-    let _servers = Servers::start(&lab);
+    let _servers = lab
+        .serve_on_servers(&[8080, 8081], serve_name)
+        .expect("test servers");
     let sock = lab
         .start_unpinned_daemon(&daemon, &config(prefix.trim_end_matches('-')))
         .expect("starting lb-daemon");

@@ -17,10 +17,14 @@
 use std::{
     fs::{self, File},
     io::Read as _,
-    net::{SocketAddr, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream},
     os::fd::{AsRawFd as _, FromRawFd as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     thread::sleep,
     time::{Duration, Instant},
 };
@@ -30,6 +34,18 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{Xdp, XdpMode},
 };
+
+/// Stops the accept loops of [`Lab::serve_on_servers`] when dropped.
+#[allow(dead_code)] // the namespace tests'
+pub struct ServerThreads {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for ServerThreads {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
 
 /// The shared L2 segment.
 pub const PREFIX_LEN: u8 = 24;
@@ -616,6 +632,39 @@ http {{
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.ns("client"), program]);
         c
+    }
+
+    /// Test servers on `ports` of every real server (their sockets made in its
+    /// namespace): each connection is handed to `serve`, with the server's name, on a
+    /// thread of its own. They stop accepting when the returned guard is dropped.
+    #[allow(dead_code)] // the namespace tests'
+    pub fn serve_on_servers(
+        &self,
+        ports: &[u16],
+        serve: fn(TcpStream, &'static str),
+    ) -> Result<ServerThreads> {
+        let stop = Arc::new(AtomicBool::new(false));
+        for s in &SERVERS {
+            for &port in ports {
+                let l = in_netns(&self.ns(s.name), || {
+                    Ok(TcpListener::bind(("0.0.0.0", port))?)
+                })
+                .with_context(|| format!("listening on {}:{port}", s.name))?;
+                l.set_nonblocking(true)?;
+                let (stop, name) = (stop.clone(), s.name);
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        match l.accept() {
+                            Ok((c, _)) => {
+                                std::thread::spawn(move || serve(c, name));
+                            }
+                            Err(_) => sleep(Duration::from_millis(5)),
+                        }
+                    }
+                });
+            }
+        }
+        Ok(ServerThreads { stop })
     }
 
     /// One request from the client (one curl, one connection, a fresh source port, at
