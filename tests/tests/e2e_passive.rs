@@ -132,6 +132,28 @@ impl Drop for Clients {
     }
 }
 
+/// Adds (`-A`) or deletes (`-D`) the rule on `server` that drops the clients' SYNs to
+/// `port`.
+fn black_hole_syns(lab: &Lab, server: &str, op: &str, port: &str) {
+    iptables(
+        lab,
+        server,
+        &[
+            op,
+            "INPUT",
+            "-s",
+            netns::CLIENT_ADDR,
+            "-p",
+            "tcp",
+            "--syn",
+            "--dport",
+            port,
+            "-j",
+            "DROP",
+        ],
+    );
+}
+
 fn iptables(lab: &Lab, server: &str, args: &[&str]) {
     let out = Command::new("ip")
         .args(["netns", "exec", &lab.ns(server), "iptables"])
@@ -204,23 +226,7 @@ fn passive_detection_takes_silent_backends_down_in_namespaces() {
     // rs2 black-holes the clients' SYNs (80 and 8080); rs3 refuses them on 8081.
     let blocked = Instant::now();
     for port in ["80", "8080"] {
-        iptables(
-            &lab,
-            "rs2",
-            &[
-                "-A",
-                "INPUT",
-                "-s",
-                netns::CLIENT_ADDR,
-                "-p",
-                "tcp",
-                "--syn",
-                "--dport",
-                port,
-                "-j",
-                "DROP",
-            ],
-        );
+        black_hole_syns(&lab, "rs2", "-A", port);
     }
     iptables(
         &lab,
@@ -337,23 +343,7 @@ fn passive_detection_takes_silent_backends_down_in_namespaces() {
     // The rules go: after the hold-down rs2 is tried again, and the first completed
     // handshakes take it UP.
     for port in ["80", "8080"] {
-        iptables(
-            &lab,
-            "rs2",
-            &[
-                "-D",
-                "INPUT",
-                "-s",
-                netns::CLIENT_ADDR,
-                "-p",
-                "tcp",
-                "--syn",
-                "--dport",
-                port,
-                "-j",
-                "DROP",
-            ],
-        );
+        black_hole_syns(&lab, "rs2", "-D", port);
     }
     wait_for("rs2 UP again on :80", 30.0, || {
         api.backend(80, rs2)["state"] == "UP"
