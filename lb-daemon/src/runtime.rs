@@ -429,8 +429,14 @@ impl Runtime {
                     "udp"
                 }
                 .into(),
-                client: SocketAddr::new(ip_of(&k.src, k.family), u16::from_be(k.sport)),
-                vip: SocketAddr::new(ip_of(&k.dst, k.family), u16::from_be(k.dport)),
+                client: SocketAddr::new(
+                    crate::sync::ip_from_bytes(&k.src, k.family),
+                    u16::from_be(k.sport),
+                ),
+                vip: SocketAddr::new(
+                    crate::sync::ip_from_bytes(&k.dst, k.family),
+                    u16::from_be(k.dport),
+                ),
                 backend: by_id.get(&c.backend).copied(),
                 backend_id: c.backend,
                 established: c.is_active(),
@@ -594,14 +600,6 @@ pub struct ConnEntry {
     pub idle_secs: u64,
     /// Seconds until it stops pinning its flow (closing entries: at most 2 minutes).
     pub expires_secs: u64,
-}
-
-fn ip_of(a: &[u8; 16], family: u8) -> IpAddr {
-    if family == lb_common::FAMILY_V4 {
-        IpAddr::from([a[0], a[1], a[2], a[3]])
-    } else {
-        IpAddr::from(*a)
-    }
 }
 
 #[derive(Debug, Serialize)]

@@ -185,6 +185,15 @@ pub fn vip_key(addr: IpAddr, port: u16, proto: u8) -> VipKey {
     }
 }
 
+/// The inverse of [`addr_bytes`]: the address in map keys' form, by family.
+pub fn ip_from_bytes(a: &[u8; 16], family: u8) -> IpAddr {
+    if family == FAMILY_V4 {
+        IpAddr::from([a[0], a[1], a[2], a[3]])
+    } else {
+        IpAddr::from(*a)
+    }
+}
+
 pub fn addr_bytes(addr: IpAddr) -> ([u8; 16], u8) {
     let mut a = [0u8; 16];
     match addr {
@@ -568,11 +577,7 @@ impl Projector {
         let mut present = std::collections::BTreeSet::new();
         for (k, m) in dp.vips()? {
             if m.flags & VIP_F_ADDR_MARKER != 0 {
-                let addr = if k.family == FAMILY_V4 {
-                    IpAddr::from([k.addr[0], k.addr[1], k.addr[2], k.addr[3]])
-                } else {
-                    IpAddr::from(k.addr)
-                };
+                let addr = ip_from_bytes(&k.addr, k.family);
                 if !want.contains(&addr) {
                     dp.remove_vip(&k)?;
                 } else if m == meta && k == marker_key(addr) {

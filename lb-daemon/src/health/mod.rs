@@ -607,7 +607,7 @@ impl Health {
             e.failures += 1;
         }
         stats.observe(e.kind, duration, (!ok).then_some(&*detail));
-        // The last result's buffer reused: one allocation less per check.
+        // The last result reused (its time text among others): no allocation per check.
         let last = e.last.get_or_insert_with(|| LastResult {
             ok,
             detail: Cow::Borrowed(""),

@@ -9,8 +9,14 @@
 //!
 //! One [`HalfOpen`] serves every check: a raw IPPROTO_TCP socket per family and one
 //! receive task that matches each reply to its pending check by (remote address,
-//! remote port, local port) and `ack == our ISN + 1` (a random ISN per check, so a
-//! late reply to an earlier check of the same 4-tuple never completes a later one).
+//! remote port, local port) and `ack == our ISN + 1`. The ISN's low 24 bits are a
+//! keyed cookie of the target ([`HalfOpen::isn_for`]), its high bits random per check,
+//! so a late reply to an earlier check of the same 4-tuple is told apart.
+//!
+//! Where the balancer's XDP program sees the answers ([`use_data_plane`]), it takes
+//! them instead of the kernel: it recognises them by port and cookie, queues them on
+//! a ring buffer read here like the sockets, and turns a SYN-ACK into the RST itself
+//! (lb-ebpf's `health` module). The raw sockets still receive what arrives elsewhere.
 //!
 //! - Source ports come from a pool of [`POOL_PORTS`] consecutive ports, each held by a
 //!   bound (never listening) TCP socket for the pool's lifetime: no connection of the
@@ -58,8 +64,8 @@ use std::{
 
 use aya::maps::{Array, MapData, RingBuf};
 use lb_common::{
-    FAMILY_V4, HC_ANSWER_OPEN, HC_ANSWER_REFUSED, HC_COOKIE_MASK, HC_F_POLLED, HcAnswer, HcCtrl,
-    TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    HC_ANSWER_OPEN, HC_ANSWER_REFUSED, HC_COOKIE_MASK, HC_F_POLLED, HcAnswer, HcCtrl, TCP_ACK,
+    TCP_FIN, TCP_RST, TCP_SYN,
 };
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -369,11 +375,6 @@ impl HalfOpen {
         Ok(())
     }
 
-    /// Whether a data plane takes answers ([`HalfOpen::attach_data_plane`]).
-    pub fn has_data_plane(&self) -> bool {
-        lock(&self.xdp).is_some()
-    }
-
     /// Reads the answers XDP queued and completes the probes they answer.
     fn drain_xdp(&self) {
         let mut replies = {
@@ -386,16 +387,7 @@ impl HalfOpen {
                 }
                 // SAFETY: the program writes whole HcAnswers (repr(C), plain data).
                 let a: HcAnswer = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                let remote = if a.family == FAMILY_V4 {
-                    IpAddr::V4(Ipv4Addr::new(
-                        a.remote[0],
-                        a.remote[1],
-                        a.remote[2],
-                        a.remote[3],
-                    ))
-                } else {
-                    IpAddr::V6(Ipv6Addr::from(a.remote))
-                };
+                let remote = crate::sync::ip_from_bytes(&a.remote, a.family);
                 let answer = match a.kind {
                     HC_ANSWER_OPEN => Answer::Open,
                     HC_ANSWER_REFUSED => Answer::Refused,
