@@ -15,18 +15,17 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    FAMILY_V4, HC_ANSWER_OPEN, HC_ANSWER_REFUSED, HC_COOKIE_MASK, HC_F_POLLED, HcAnswer, Reason,
-    TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, hash,
+    FAMILY_V4, HC_ANSWER_OPEN, HC_ANSWER_REFUSED, HC_COOKIE_MASK, HC_F_POLLED, HcAnswer, PROTO_TCP,
+    Reason, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, hash,
 };
 
 use crate::{
     csum,
     maps::{HC_ANSWERS, HC_CTRL},
-    parse::{Packet, ptr_at, within},
+    parse::{self, Packet, ptr_at, within},
 };
 
 const TCP_HDR_LEN: usize = 20;
-const PROTO_TCP: u16 = 6;
 const RST_TTL: u8 = 64;
 
 /// Whether a TCP segment with these flags can be an answer to a SYN (ACK with SYN or
@@ -105,10 +104,9 @@ fn word_sum(w: u32) -> u64 {
     (w >> 16) as u64 + (w & 0xffff) as u64
 }
 
-/// The SYN-ACK in `ctx` (an answer: see `answer`) becomes our RST: options and payload cut, ports and addresses
-/// swapped, `seq` = its ACK.
-/// For `answer`'s TxHealthReset. Apart from it, for the same reason: each of the two
-/// frames fits beside `xdp_lb`'s, both together would not.
+/// For `answer`'s TxHealthReset: the SYN-ACK in `ctx` becomes our RST (options and
+/// payload cut, ports and addresses swapped, `seq` = its ACK). A subprogram apart from
+/// `answer` for the same reason: each frame fits beside `xdp_lb`'s, both would not.
 #[inline(never)]
 pub fn reset(ctx: &XdpContext, p: &Packet) -> Reason {
     match try_reset(ctx, p) {
@@ -116,8 +114,9 @@ pub fn reset(ctx: &XdpContext, p: &Packet) -> Reason {
     }
 }
 
-/// Word-sized reads and writes throughout, each checksum summed as the words go by:
-/// byte arrays have LLVM hold every byte in a register or on the stack.
+/// Word-sized reads and writes throughout, the checksums summed as the words go by
+/// (the IPv6 addresses by the kernel): byte arrays have LLVM hold every byte in a
+/// register or on the stack.
 #[inline(always)]
 fn try_reset(ctx: &XdpContext, p: &Packet) -> Result<Reason, Reason> {
     let l3 = p.l3_off;
@@ -146,7 +145,7 @@ fn try_reset(ctx: &XdpContext, p: &Packet) -> Result<Reason, Reason> {
             }
             // The swap leaves the header checksum as it was; length and TTL do not.
             let new_len = l3_len + TCP_HDR_LEN as u16;
-            let new_ttl = u16::from_be_bytes([RST_TTL, PROTO_TCP as u8]);
+            let new_ttl = u16::from_be_bytes([RST_TTL, PROTO_TCP]);
             let c = csum::replace16(h[5].to_ne_bytes(), u16::from_be(h[1]), new_len);
             let c = csum::replace16(c, u16::from_be(h[4]), new_ttl);
             h[1] = new_len.to_be();
@@ -177,13 +176,7 @@ fn try_reset(ctx: &XdpContext, p: &Packet) -> Result<Reason, Reason> {
     }
     let check: *mut u16 = ptr_at(ctx, l4 + 16)?;
     unsafe { *check = u16::from_ne_bytes(csum::finish(sum)) };
-    let eth: *mut [u16; 6] = ptr_at(ctx, 0)?;
-    unsafe {
-        let e = &mut *eth;
-        for i in 0..3 {
-            e.swap(i, i + 3);
-        }
-    }
+    parse::swap_macs(ctx)?;
     // Options and payload cut last: nothing but ctx is live across the helper call.
     // It only fails on a frame already rewritten, which then cannot go anywhere.
     let keep = l4 + TCP_HDR_LEN;

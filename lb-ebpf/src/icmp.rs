@@ -7,7 +7,7 @@ use lb_common::{Ctrl, FAMILY_V4, Reason};
 
 use crate::{
     csum, forward,
-    parse::{Packet, ptr_at, quoted_flow},
+    parse::{self, Packet, ptr_at, quoted_flow},
     select,
 };
 
@@ -87,11 +87,6 @@ fn echo_reply(ctx: &XdpContext, p: &Packet, hdr: *mut [u8; 4]) -> Result<Reason,
         let dst: *mut [u8; 16] = ptr_at(ctx, p.l3_off + 24)?;
         unsafe { core::ptr::swap(src, dst) };
     }
-    let eth: *mut [u8; 12] = ptr_at(ctx, 0)?;
-    let eth = unsafe { &mut *eth };
-    let mut out = [0u8; 12];
-    out[..6].copy_from_slice(&eth[6..]);
-    out[6..].copy_from_slice(&eth[..6]);
-    *eth = out;
+    parse::swap_macs(ctx)?;
     Ok(Reason::TxIcmpEcho)
 }

@@ -30,6 +30,18 @@ pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Result<*mut T, Reason> {
     Ok((start + off) as *mut T)
 }
 
+/// Swaps the Ethernet source and destination: a frame answered back out.
+/// In 16-bit words: no 12-byte copy on the stack.
+#[inline(always)]
+pub fn swap_macs(ctx: &XdpContext) -> Result<(), Reason> {
+    let eth: *mut [u16; 6] = ptr_at(ctx, 0)?;
+    let e = unsafe { &mut *eth };
+    for i in 0..3 {
+        e.swap(i, i + 3);
+    }
+    Ok(())
+}
+
 #[inline(always)]
 pub fn be16(b: &[u8; 2]) -> u16 {
     u16::from_be_bytes(*b)
