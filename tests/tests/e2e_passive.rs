@@ -132,26 +132,23 @@ impl Drop for Clients {
     }
 }
 
-/// Adds (`-A`) or deletes (`-D`) the rule on `server` that drops the clients' SYNs to
-/// `port`.
-fn black_hole_syns(lab: &Lab, server: &str, op: &str, port: &str) {
-    iptables(
-        lab,
-        server,
-        &[
-            op,
-            "INPUT",
-            "-s",
-            netns::CLIENT_ADDR,
-            "-p",
-            "tcp",
-            "--syn",
-            "--dport",
-            port,
-            "-j",
-            "DROP",
-        ],
-    );
+/// Adds (`-A`) or deletes (`-D`) the rule on `server` that sends the clients' SYNs to
+/// `port` to `target` (`["DROP"]`: black-holed; REJECT with an RST: refused).
+fn client_syns(lab: &Lab, server: &str, op: &str, port: &str, target: &[&str]) {
+    let mut args = vec![
+        op,
+        "INPUT",
+        "-s",
+        netns::CLIENT_ADDR,
+        "-p",
+        "tcp",
+        "--syn",
+        "--dport",
+        port,
+        "-j",
+    ];
+    args.extend_from_slice(target);
+    iptables(lab, server, &args);
 }
 
 fn iptables(lab: &Lab, server: &str, args: &[&str]) {
@@ -226,26 +223,14 @@ fn passive_detection_takes_silent_backends_down_in_namespaces() {
     // rs2 black-holes the clients' SYNs (80 and 8080); rs3 refuses them on 8081.
     let blocked = Instant::now();
     for port in ["80", "8080"] {
-        black_hole_syns(&lab, "rs2", "-A", port);
+        client_syns(&lab, "rs2", "-A", port, &["DROP"]);
     }
-    iptables(
+    client_syns(
         &lab,
         "rs3",
-        &[
-            "-A",
-            "INPUT",
-            "-s",
-            netns::CLIENT_ADDR,
-            "-p",
-            "tcp",
-            "--syn",
-            "--dport",
-            "8081",
-            "-j",
-            "REJECT",
-            "--reject-with",
-            "tcp-reset",
-        ],
+        "-A",
+        "8081",
+        &["REJECT", "--reject-with", "tcp-reset"],
     );
 
     // :8080 has an active check every 30 s; the passive report is much faster.
@@ -343,7 +328,7 @@ fn passive_detection_takes_silent_backends_down_in_namespaces() {
     // The rules go: after the hold-down rs2 is tried again, and the first completed
     // handshakes take it UP.
     for port in ["80", "8080"] {
-        black_hole_syns(&lab, "rs2", "-D", port);
+        client_syns(&lab, "rs2", "-D", port, &["DROP"]);
     }
     wait_for("rs2 UP again on :80", 30.0, || {
         api.backend(80, rs2)["state"] == "UP"
