@@ -79,6 +79,16 @@ pub const POOL_PORTS: u16 = 64;
 pub const ROUTE_TTL: Duration = Duration::from_secs(30);
 /// The first retransmission of an unanswered SYN (then doubling), as the kernel.
 const FIRST_RTO: Duration = Duration::from_secs(1);
+/// Where XDP takes the answers: polls of a raw socket in a row that found nothing,
+/// after which it is read only every `RAW_QUIET_EVERY`th poll (see `HalfOpen::poll`).
+const RAW_QUIET_PASSES: u64 = 64;
+const RAW_QUIET_EVERY: u64 = 8;
+
+/// Whether poll number `pass` reads a raw socket that found nothing `quiet` polls in
+/// a row (see [`HalfOpen::poll`]).
+fn raw_read_due(xdp: bool, quiet: u64, pass: u64) -> bool {
+    !xdp || quiet < RAW_QUIET_PASSES || pass.is_multiple_of(RAW_QUIET_EVERY)
+}
 
 /// The SYN: a 20-byte header and an MSS option.
 const SYN_LEN: usize = 24;
@@ -209,6 +219,11 @@ pub struct HalfOpen {
     received: AtomicU64,
     /// Answers read from the data plane's ring.
     xdp_received: AtomicU64,
+    /// A data plane takes the answers (see [`HalfOpen::poll`]).
+    xdp_attached: AtomicBool,
+    /// Polls so far, and per family (v4, v6) the polls in a row that found nothing.
+    polls: AtomicU64,
+    raw_quiet: [AtomicU64; 2],
     /// The key of the cookie in our ISNs ([`HalfOpen::isn_for`]).
     secret: [u32; 4],
     /// The answers XDP takes, once a data plane is attached.
@@ -327,6 +342,9 @@ impl HalfOpen {
             receiver_start: Mutex::new(()),
             received: AtomicU64::new(0),
             xdp_received: AtomicU64::new(0),
+            xdp_attached: AtomicBool::new(false),
+            polls: AtomicU64::new(0),
+            raw_quiet: [AtomicU64::new(0), AtomicU64::new(0)],
             secret: rand::random(),
             xdp: Mutex::new(None),
             rx_restart: Notify::new(),
@@ -371,6 +389,7 @@ impl HalfOpen {
             replies: Vec::new(),
         });
         drop(xdp);
+        self.xdp_attached.store(true, Ordering::Release);
         self.rx_restart.notify_waiters();
         Ok(())
     }
@@ -509,15 +528,34 @@ impl HalfOpen {
 
     /// Reads, without waiting, what the sockets of the families asked for hold, and
     /// completes the probes it answers (a batch sender's answers go to its sink).
+    ///
+    /// Where XDP takes the answers, a raw socket that had nothing for
+    /// [`RAW_QUIET_PASSES`] passes in a row is read only every [`RAW_QUIET_EVERY`]th
+    /// pass (what still comes there, ICMP errors and answers from interfaces without
+    /// XDP, waits that much longer) until a read finds something again: otherwise
+    /// each pass costs a recvmmsg(2) per family that finds the queue empty.
     pub fn poll(&self, v4: bool, v6: bool) {
         self.drain_xdp();
+        let pass = self.polls.fetch_add(1, Ordering::Relaxed);
+        let xdp = self.xdp_attached.load(Ordering::Acquire);
         for (fd, is_v6) in [(&self.v4, false), (&self.v6, true)] {
             let Some(fd) = fd else { continue };
             if !(if is_v6 { v6 } else { v4 }) {
                 continue;
             }
-            if drain_segments(self, fd.as_raw_fd(), is_v6) {
+            let quiet = &self.raw_quiet[usize::from(is_v6)];
+            if !raw_read_due(xdp, quiet.load(Ordering::Relaxed), pass) {
+                continue;
+            }
+            let before = self.received.load(Ordering::Relaxed);
+            let errored = drain_segments(self, fd.as_raw_fd(), is_v6);
+            if errored {
                 drain_errors(self, fd.as_raw_fd(), is_v6);
+            }
+            if errored || self.received.load(Ordering::Relaxed) != before {
+                quiet.store(0, Ordering::Relaxed);
+            } else {
+                quiet.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -1655,6 +1693,28 @@ mod tests {
 
     /// XDP recognises our answers by the cookie in the low bits of the ISN: it must be
     /// the target's (address and port), under this engine's key; the high bits vary.
+    #[test]
+    fn quiet_raw_sockets_are_read_less_often_only_behind_xdp() {
+        // Without XDP every poll reads, however quiet.
+        assert!((0..100).all(|pass| raw_read_due(false, 1_000, pass)));
+        // With XDP: every poll until RAW_QUIET_PASSES empty ones in a row…
+        assert!((0..100).all(|pass| raw_read_due(true, RAW_QUIET_PASSES - 1, pass)));
+        // …then one in RAW_QUIET_EVERY, never fewer.
+        let reads = (0..800)
+            .filter(|&pass| raw_read_due(true, RAW_QUIET_PASSES, pass))
+            .count() as u64;
+        assert_eq!(reads, 800 / RAW_QUIET_EVERY);
+        let mut gap = 0;
+        for pass in 0..800 {
+            gap = if raw_read_due(true, RAW_QUIET_PASSES + pass, pass) {
+                0
+            } else {
+                gap + 1
+            };
+            assert!(gap < RAW_QUIET_EVERY, "poll {pass}: {gap} skipped in a row");
+        }
+    }
+
     #[test]
     fn isns_carry_the_targets_cookie() {
         if !is_root() {
