@@ -15,6 +15,8 @@ pub use lb_common::state;
 pub mod stats;
 pub mod stats_page;
 pub mod sync;
+#[cfg(test)]
+mod test_netns;
 
 /// The XDP object built from lb-ebpf by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));

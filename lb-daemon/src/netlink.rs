@@ -777,7 +777,7 @@ impl Watcher {
 
 #[cfg(test)]
 mod tests {
-    use std::{fs::File, os::fd::AsRawFd as _, process::Command};
+    use std::process::Command;
 
     use super::*;
     use crate::{
@@ -805,25 +805,10 @@ mod tests {
         assert!(st.success(), "ip -n {ns} {args}: {st}");
     }
 
-    /// Runs `f` on a thread inside `ns` with a tokio runtime of its own (the netlink
-    /// sockets belong to the namespace they are opened in).
+    /// Runs `f` inside `ns` (the netlink sockets belong to the namespace they are
+    /// opened in).
     fn in_ns<F: Future<Output = ()> + 'static>(ns: &str, f: impl FnOnce() -> F + Send + 'static) {
-        let path = format!("/run/netns/{ns}");
-        std::thread::spawn(move || {
-            let fd = File::open(path).expect("opening the namespace");
-            // SAFETY: setns(2) on an open namespace file; only this thread moves.
-            assert_eq!(
-                unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) },
-                0
-            );
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(f());
-        })
-        .join()
-        .expect("the namespace thread");
+        crate::test_netns::run_in(crate::test_netns::Netns::Named(ns.to_string()), f);
     }
 
     /// Interfaces, routes (on-link, through a gateway, none, local), static entries

@@ -1471,167 +1471,150 @@ mac = "02:00:00:00:00:16"
             eprintln!("skipped: raw sockets and namespaces need root");
             return;
         }
-        std::thread::spawn(move || {
-            // SAFETY: unshare(2) moves only this thread into a new namespace (gone with it).
-            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
-            for cmd in [
-                "link set lo up",
-                "link add bh0 type veth peer name bh1",
-                "link set bh0 up",
-                "link set bh1 up",
-                "addr add 192.0.2.1/24 dev bh0",
-                // Sent out of bh0 to a MAC nobody has: its peer drops them.
-                "neigh add 192.0.2.2 lladdr 02:00:00:00:00:02 dev bh0 nud permanent",
-            ] {
-                let st = std::process::Command::new("ip")
-                    .args(cmd.split_whitespace())
-                    .status()
-                    .unwrap();
-                assert!(st.success(), "ip {cmd}");
-            }
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
+        const SETUP: &[&str] = &[
+            "link add bh0 type veth peer name bh1",
+            "link set bh0 up",
+            "link set bh1 up",
+            "addr add 192.0.2.1/24 dev bh0",
+            // Sent out of bh0 to a MAC nobody has: its peer drops them.
+            "neigh add 192.0.2.2 lladdr 02:00:00:00:00:02 dev bh0 nud permanent",
+        ];
+        crate::test_netns::run_in(crate::test_netns::Netns::Fresh(SETUP), move || async move {
+            let engine = Arc::new(checks::halfopen::HalfOpen::new().unwrap());
+            let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            open.set_nonblocking(true).unwrap();
+            let open_port = open.local_addr().unwrap().port();
+            let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
-                .block_on(async {
-                    let engine = Arc::new(checks::halfopen::HalfOpen::new().unwrap());
-                    let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-                    open.set_nonblocking(true).unwrap();
-                    let open_port = open.local_addr().unwrap().port();
-                    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
-                        .unwrap()
-                        .local_addr()
-                        .unwrap()
-                        .port();
-                    let ms = lb_common::state::Dur;
-                    let lo = Some("127.0.0.1".parse().unwrap());
-                    let params = [
-                        lb_common::state::CheckParams {
-                            address: lo,
-                            port: Some(open_port),
-                            ..Default::default()
-                        },
-                        lb_common::state::CheckParams {
-                            address: lo,
-                            port: Some(closed_port),
-                            retry: Some(1),
-                            delay_before_retry: Some(ms(50)),
-                            fall: Some(1),
-                            ..Default::default()
-                        },
-                        lb_common::state::CheckParams {
-                            address: Some("192.0.2.2".parse().unwrap()),
-                            port: Some(80),
-                            timeout: Some(ms(150)),
-                            fall: Some(1),
-                            interval: Some(ms(200)),
-                            ..Default::default()
-                        },
-                        lb_common::state::CheckParams {
-                            address: lo,
-                            port: Some(open_port),
-                            interval: Some(lb_common::state::Dur::secs(3600)),
-                            ..Default::default()
-                        },
-                    ];
-                    let mut st = state(
-                        4,
-                        Some(ServiceHealth {
-                            interval: Some(ms(100)),
-                            // A report waits for a check (DOWN-WAIT) rather than taking
-                            // the backend down at once.
-                            passive: lb_common::state::Passive {
-                                down_after_reports: 2,
-                                ..Default::default()
-                            },
-                            ..Default::default()
-                        }),
-                    );
-                    for (r, p) in st.services[0].backends.iter_mut().zip(params) {
-                        r.health = Some(Box::new(p));
-                    }
-                    let template = st.services[0].backends[0].clone();
-                    for i in 0..extra {
-                        let mut r = template.clone();
-                        r.address = format!("10.1.{}.{}", i / 250, i % 250 + 1).parse().unwrap();
-                        r.health.as_mut().unwrap().interval = Some(lb_common::state::Dur::secs(1));
-                        st.services[0].backends.push(r);
-                    }
-                    let h = Health::new();
-                    h.use_engine(engine.clone());
-                    h.configure(&st);
-                    h.start_checks();
-                    assert_eq!(h.scheduled_checks(), 4 + extra);
-                    tokio::time::sleep(Duration::from_millis(800)).await;
-                    assert_eq!(engine.polled(), extra > 0);
-                    let before = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .unwrap()
-                        .as_secs_f64();
-                    h.input(HealthInput::PassiveFailure {
-                        backend: key(&st, 3),
-                        reason: "SYN retransmitted".into(),
-                    });
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    let v = h.view();
-                    let b = &v.services[0].backends;
-                    let last = |i: usize| b[i].last_check.clone().expect("checked");
-                    assert_eq!(b[0].state, HealthState::Up, "{:?}", b[0]);
-                    assert!(b[0].checks >= 6, "{:?}", b[0]);
-                    assert_eq!(
-                        (last(0).ok, &*last(0).detail, last(0).attempts),
-                        (true, "SYN-ACK (half-open)", 1)
-                    );
-                    assert_eq!(b[1].state, HealthState::Down, "{:?}", b[1]);
-                    assert_eq!(
-                        (last(1).ok, &*last(1).detail, last(1).attempts),
-                        (false, "connection refused", 2)
-                    );
-                    assert_eq!(b[1].failures, b[1].checks);
-                    assert_eq!(b[2].state, HealthState::Down, "{:?}", b[2]);
-                    assert_eq!(last(2).detail, "timeout");
-                    assert!(
-                        (140.0..400.0).contains(&last(2).duration_ms),
-                        "{:?}",
-                        last(2)
-                    );
-                    // Its slot is somewhere in the hour: this check is the triggered one.
-                    assert_eq!(b[3].checks, 1, "{:?}", b[3]);
-                    assert!(last(3).ok && last(3).unix_time >= before, "{:?}", last(3));
-                    assert_eq!(b[3].state, HealthState::Up, "confirmed up: {:?}", b[3]);
-                    assert!(
-                        h.events(100, 0)
-                            .iter()
-                            .any(|e| e.new == "DOWN-WAIT" && e.backend == Some(b[3].address))
-                    );
-                    // Their first slots are spread over their 1 s interval, the last
-                    // ones possibly answered after the view above: waited for.
-                    let extra_ok = |h: &Health| {
-                        h.view().services[0].backends[4..]
-                            .iter()
-                            .filter(|b| b.checks >= 1 && b.failures == 0)
-                            .count()
-                    };
-                    let deadline = std::time::Instant::now() + Duration::from_secs(1);
-                    while extra_ok(&h) < extra && std::time::Instant::now() < deadline {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    assert_eq!(
-                        extra_ok(&h),
-                        extra,
-                        "every extra backend checked, and passing"
-                    );
-                    match open.accept() {
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        other => panic!("the listener accepted a connection: {other:?}"),
-                    }
-                    h.stop_checks();
-                    assert_eq!(h.scheduled_checks(), 0);
-                    assert!(!engine.polled(), "the receive task's again once stopped");
-                });
-        })
-        .join()
-        .expect("the namespace thread");
+                .local_addr()
+                .unwrap()
+                .port();
+            let ms = lb_common::state::Dur;
+            let lo = Some("127.0.0.1".parse().unwrap());
+            let params = [
+                lb_common::state::CheckParams {
+                    address: lo,
+                    port: Some(open_port),
+                    ..Default::default()
+                },
+                lb_common::state::CheckParams {
+                    address: lo,
+                    port: Some(closed_port),
+                    retry: Some(1),
+                    delay_before_retry: Some(ms(50)),
+                    fall: Some(1),
+                    ..Default::default()
+                },
+                lb_common::state::CheckParams {
+                    address: Some("192.0.2.2".parse().unwrap()),
+                    port: Some(80),
+                    timeout: Some(ms(150)),
+                    fall: Some(1),
+                    interval: Some(ms(200)),
+                    ..Default::default()
+                },
+                lb_common::state::CheckParams {
+                    address: lo,
+                    port: Some(open_port),
+                    interval: Some(lb_common::state::Dur::secs(3600)),
+                    ..Default::default()
+                },
+            ];
+            let mut st = state(
+                4,
+                Some(ServiceHealth {
+                    interval: Some(ms(100)),
+                    // A report waits for a check (DOWN-WAIT) rather than taking
+                    // the backend down at once.
+                    passive: lb_common::state::Passive {
+                        down_after_reports: 2,
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                }),
+            );
+            for (r, p) in st.services[0].backends.iter_mut().zip(params) {
+                r.health = Some(Box::new(p));
+            }
+            let template = st.services[0].backends[0].clone();
+            for i in 0..extra {
+                let mut r = template.clone();
+                r.address = format!("10.1.{}.{}", i / 250, i % 250 + 1).parse().unwrap();
+                r.health.as_mut().unwrap().interval = Some(lb_common::state::Dur::secs(1));
+                st.services[0].backends.push(r);
+            }
+            let h = Health::new();
+            h.use_engine(engine.clone());
+            h.configure(&st);
+            h.start_checks();
+            assert_eq!(h.scheduled_checks(), 4 + extra);
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            assert_eq!(engine.polled(), extra > 0);
+            let before = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64();
+            h.input(HealthInput::PassiveFailure {
+                backend: key(&st, 3),
+                reason: "SYN retransmitted".into(),
+            });
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let v = h.view();
+            let b = &v.services[0].backends;
+            let last = |i: usize| b[i].last_check.clone().expect("checked");
+            assert_eq!(b[0].state, HealthState::Up, "{:?}", b[0]);
+            assert!(b[0].checks >= 6, "{:?}", b[0]);
+            assert_eq!(
+                (last(0).ok, &*last(0).detail, last(0).attempts),
+                (true, "SYN-ACK (half-open)", 1)
+            );
+            assert_eq!(b[1].state, HealthState::Down, "{:?}", b[1]);
+            assert_eq!(
+                (last(1).ok, &*last(1).detail, last(1).attempts),
+                (false, "connection refused", 2)
+            );
+            assert_eq!(b[1].failures, b[1].checks);
+            assert_eq!(b[2].state, HealthState::Down, "{:?}", b[2]);
+            assert_eq!(last(2).detail, "timeout");
+            assert!(
+                (140.0..400.0).contains(&last(2).duration_ms),
+                "{:?}",
+                last(2)
+            );
+            // Its slot is somewhere in the hour: this check is the triggered one.
+            assert_eq!(b[3].checks, 1, "{:?}", b[3]);
+            assert!(last(3).ok && last(3).unix_time >= before, "{:?}", last(3));
+            assert_eq!(b[3].state, HealthState::Up, "confirmed up: {:?}", b[3]);
+            assert!(
+                h.events(100, 0)
+                    .iter()
+                    .any(|e| e.new == "DOWN-WAIT" && e.backend == Some(b[3].address))
+            );
+            // Their first slots are spread over their 1 s interval, the last
+            // ones possibly answered after the view above: waited for.
+            let extra_ok = |h: &Health| {
+                h.view().services[0].backends[4..]
+                    .iter()
+                    .filter(|b| b.checks >= 1 && b.failures == 0)
+                    .count()
+            };
+            let deadline = std::time::Instant::now() + Duration::from_secs(1);
+            while extra_ok(&h) < extra && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(
+                extra_ok(&h),
+                extra,
+                "every extra backend checked, and passing"
+            );
+            match open.accept() {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                other => panic!("the listener accepted a connection: {other:?}"),
+            }
+            h.stop_checks();
+            assert_eq!(h.scheduled_checks(), 0);
+            assert!(!engine.polled(), "the receive task's again once stopped");
+        });
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -1597,46 +1597,19 @@ fn send_to(fd: RawFd, seg: &[u8], source: IpAddr, target: SocketAddr) -> io::Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::{net::TcpListener, process::Command};
+    use std::net::TcpListener;
 
     fn is_root() -> bool {
         // SAFETY: geteuid has no preconditions.
         unsafe { libc::geteuid() == 0 }
     }
 
-    /// Runs `f` on a thread in a fresh network namespace of its own (gone with the
-    /// thread: nothing to clean up), `lo` up, with a current-thread runtime; `setup`
-    /// is run with `ip` there first.
+    /// Runs `f` in a fresh network namespace of its own (see `test_netns`).
     fn in_fresh_netns<F: Future<Output = ()> + 'static>(
         setup: &'static [&'static str],
         f: impl FnOnce() -> F + Send + 'static,
     ) {
-        std::thread::spawn(move || {
-            // SAFETY: unshare(2) moves only this thread into a new namespace.
-            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
-            for cmd in std::iter::once(&"link set lo up").chain(setup) {
-                let (prog, args) = match cmd.strip_prefix("iptables ") {
-                    Some(rest) => ("iptables", rest),
-                    None => match cmd.strip_prefix("ip6tables ") {
-                        Some(rest) => ("ip6tables", rest),
-                        None => ("ip", *cmd),
-                    },
-                };
-                // The child inherits this thread's namespace.
-                let st = Command::new(prog)
-                    .args(args.split_whitespace())
-                    .status()
-                    .unwrap_or_else(|e| panic!("{prog}: {e}"));
-                assert!(st.success(), "{prog} {args}: {st}");
-            }
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(f());
-        })
-        .join()
-        .expect("the namespace thread");
+        crate::test_netns::run_in(crate::test_netns::Netns::Fresh(setup), f);
     }
 
     /// One probe as `checks::run` bounds it.
