@@ -219,8 +219,6 @@ pub struct HalfOpen {
     received: AtomicU64,
     /// Answers read from the data plane's ring.
     xdp_received: AtomicU64,
-    /// A data plane takes the answers (see [`HalfOpen::poll`]).
-    xdp_attached: AtomicBool,
     /// Polls so far, and per family (v4, v6) the polls in a row that found nothing.
     polls: AtomicU64,
     raw_quiet: [AtomicU64; 2],
@@ -342,7 +340,6 @@ impl HalfOpen {
             receiver_start: Mutex::new(()),
             received: AtomicU64::new(0),
             xdp_received: AtomicU64::new(0),
-            xdp_attached: AtomicBool::new(false),
             polls: AtomicU64::new(0),
             raw_quiet: [AtomicU64::new(0), AtomicU64::new(0)],
             secret: rand::random(),
@@ -389,16 +386,16 @@ impl HalfOpen {
             replies: Vec::new(),
         });
         drop(xdp);
-        self.xdp_attached.store(true, Ordering::Release);
         self.rx_restart.notify_waiters();
         Ok(())
     }
 
-    /// Reads the answers XDP queued and completes the probes they answer.
-    fn drain_xdp(&self) {
+    /// Reads the answers XDP queued and completes the probes they answer; false when
+    /// no data plane takes them.
+    fn drain_xdp(&self) -> bool {
         let mut replies = {
             let mut xdp = lock(&self.xdp);
-            let Some(x) = xdp.as_mut() else { return };
+            let Some(x) = xdp.as_mut() else { return false };
             let mut replies = std::mem::take(&mut x.replies);
             while let Some(item) = x.ring.next() {
                 if item.len() < size_of::<HcAnswer>() {
@@ -423,6 +420,7 @@ impl HalfOpen {
         if let Some(x) = lock(&self.xdp).as_mut() {
             x.replies = replies;
         }
+        true
     }
 
     /// Answers read from the data plane so far.
@@ -535,9 +533,8 @@ impl HalfOpen {
     /// XDP, waits that much longer) until a read finds something again: otherwise
     /// each pass costs a recvmmsg(2) per family that finds the queue empty.
     pub fn poll(&self, v4: bool, v6: bool) {
-        self.drain_xdp();
+        let xdp = self.drain_xdp();
         let pass = self.polls.fetch_add(1, Ordering::Relaxed);
-        let xdp = self.xdp_attached.load(Ordering::Acquire);
         for (fd, is_v6) in [(&self.v4, false), (&self.v6, true)] {
             let Some(fd) = fd else { continue };
             if !(if is_v6 { v6 } else { v4 }) {
@@ -1664,8 +1661,7 @@ mod tests {
         lock(&engine.pending).len()
     }
 
-    /// XDP recognises our answers by the cookie in the low bits of the ISN: it must be
-    /// the target's (address and port), under this engine's key; the high bits vary.
+    /// [`HalfOpen::poll`]'s rule for reading a raw socket behind XDP.
     #[test]
     fn quiet_raw_sockets_are_read_less_often_only_behind_xdp() {
         // Without XDP every poll reads, however quiet.
@@ -1688,6 +1684,8 @@ mod tests {
         }
     }
 
+    /// XDP recognises our answers by the cookie in the low bits of the ISN: it must be
+    /// the target's (address and port), under this engine's key; the high bits vary.
     #[test]
     fn isns_carry_the_targets_cookie() {
         if !is_root() {
@@ -1714,7 +1712,7 @@ mod tests {
                 isns.iter().any(|i| i >> 24 != isns[0] >> 24),
                 "the high bits never vary: {isns:x?}"
             );
-            // Another port of the same address, another address: another cookie.
+            // Another port of the same address: another cookie.
             let other_port = lb_common::hash::hc_cookie(&e.secret, &addr, target.port() + 1);
             assert_ne!(other_port, cookie);
         }
