@@ -102,6 +102,10 @@ pub struct ModeRun {
     /// (not counted).
     pub napi_host_pct: Option<f64>,
     pub napi_peer_pct: Option<f64>,
+    /// veth: the run time of the checker's `xdp_lb` in the window (the kernel's BPF
+    /// run-time statistics), % of one core, and how many packets it ran for.
+    pub xdp_pct: Option<f64>,
+    pub xdp_runs: Option<u64>,
     /// p50 / p99 / max of |actual − scheduled| check start, ms.
     pub spread_p50_ms: f64,
     pub spread_p99_ms: f64,
@@ -365,7 +369,7 @@ pub fn checker_main() -> Result<()> {
     };
     // As the daemon: the data plane on the interface the answers come in on, handed
     // to the half-open engine before the checks start.
-    let _dp = match std::env::var(XDP_DEV_ENV) {
+    let mut dp = match std::env::var(XDP_DEV_ENV) {
         Ok(dev) => {
             let mut dp =
                 lb_daemon::bpf_maps::DataPlane::load(&lb_daemon::loader::Capacity::small())?;
@@ -382,6 +386,19 @@ pub fn checker_main() -> Result<()> {
         }
         Err(_) => None,
     };
+    // The kernel times every run of every BPF program while this fd is open: what
+    // `xdp_lb` itself costs on the NAPI thread, apart from veth's receive path.
+    let _bpf_stats = match dp {
+        Some(_) => Some(aya::sys::enable_stats(aya::sys::Stats::RunTime)?),
+        None => None,
+    };
+    let mut xdp_run = || -> Result<Option<(Duration, u64)>> {
+        let Some(dp) = dp.as_mut() else {
+            return Ok(None);
+        };
+        let info = dp.program("xdp_lb")?.info()?;
+        Ok(Some((info.run_time(), info.run_count())))
+    };
     let health = Health::new();
     health.configure(&st);
     let mut out = std::io::stdout();
@@ -389,6 +406,7 @@ pub fn checker_main() -> Result<()> {
         health.start_checks();
         tokio::time::sleep(WARMUP).await;
         health.record_spread(true);
+        let x0 = xdp_run()?;
         let (u0, s0) = rusage_of(libc::RUSAGE_SELF);
         let t0 = Instant::now();
         writeln!(out, "window start")?;
@@ -396,6 +414,13 @@ pub fn checker_main() -> Result<()> {
         tokio::time::sleep(Duration::from_secs(SECONDS)).await;
         let (u1, s1) = rusage_of(libc::RUSAGE_SELF);
         let wall = t0.elapsed().as_secs_f64();
+        let x1 = xdp_run()?;
+        let (xdp_pct, xdp_runs) = match (x0, x1) {
+            (Some((t0, n0)), Some((t1, n1))) => {
+                (Some((t1 - t0).as_secs_f64() / wall * 100.0), Some(n1 - n0))
+            }
+            _ => (None, None),
+        };
         writeln!(out, "window end {wall}")?;
         out.flush()?;
         let mut spread = health.take_spread();
@@ -423,6 +448,8 @@ pub fn checker_main() -> Result<()> {
             "xdp_answers": engine.map_or(0, |e| e.xdp_received()),
             "socket_answers": engine.map_or(0, |e| e.received()),
             "process_pct": (u1 - u0 + s1 - s0) / wall * 100.0,
+            "xdp_pct": xdp_pct,
+            "xdp_runs": xdp_runs,
             "user_pct": (u1 - u0) / wall * 100.0,
             "sys_pct": (s1 - s0) / wall * 100.0,
             "spread_p50_ms": percentile(&spread, 0.50),
@@ -744,6 +771,12 @@ fn run_mode(net: Option<&Net>, mode: TcpMode) -> Result<ModeRun> {
             xdp >= checks,
             "the data plane took {xdp:?} answers for {checks:?} checks"
         );
+        // Every answer in the window ran `xdp_lb`, and the kernel timed the runs.
+        let (runs, pct) = (r["xdp_runs"].as_u64(), r["xdp_pct"].as_f64());
+        ensure!(
+            runs >= checks && pct.is_some_and(|p| p > 0.0),
+            "xdp_lb's run-time statistics: {runs:?} runs, {pct:?}% for {checks:?} checks"
+        );
     }
     let accepted = accepted?;
     let accepted: u64 = match accepted.strip_prefix("accepted ") {
@@ -764,6 +797,8 @@ fn run_mode(net: Option<&Net>, mode: TcpMode) -> Result<ModeRun> {
         sys_pct: f("sys_pct")?,
         napi_host_pct,
         napi_peer_pct: net.map(|_| napi_peer),
+        xdp_pct: r["xdp_pct"].as_f64(),
+        xdp_runs: r["xdp_runs"].as_u64(),
         spread_p50_ms: f("spread_p50_ms")?,
         spread_p99_ms: f("spread_p99_ms")?,
         spread_max_ms: f("spread_max_ms")?,
@@ -823,6 +858,20 @@ pub fn markdown(h: &HealthBench, machine: &str, date: &str) -> String {
         "",
     );
     t += &row(
+        "… of which `xdp_lb` itself (the kernel's BPF run-time statistics; the rest is veth's \
+         receive path: skb → XDP copy, wake-ups, the RST's transmit)",
+        &|r| match (r.xdp_pct, r.xdp_runs) {
+            (Some(p), Some(n)) => format!("{p:.2} ({n} runs)"),
+            _ => "n/a".to_string(),
+        },
+        "",
+    );
+    t += &row(
+        "our code alone: process + `xdp_lb`'s run time (no veth receive path)",
+        &|r| na(r.xdp_pct.map(|x| r.process_pct + x)),
+        "",
+    );
+    t += &row(
         "not counted: the listeners' NAPI thread (their kernel's work)",
         &|r| na(r.napi_peer_pct),
         "",
@@ -876,7 +925,10 @@ pub fn markdown(h: &HealthBench, machine: &str, date: &str) -> String {
          work (XDP taking the SYN-ACK and sending the RST back) in ours. **CPU of the checker = getrusage(RUSAGE_SELF) of the checking process (user + \
          system) + utime + stime of our side's NAPI kthread** (`napi/<dev>-<id>`, from \
          /proc/<pid>/stat over the same window, tick-based accounting); the listeners' NAPI thread \
-         is shown but not counted.\n\
+         is shown but not counted. How much of our NAPI thread is `xdp_lb` itself comes from the \
+         kernel's BPF run-time statistics (BPF_ENABLE_STATS, the program's run_time_ns over the \
+         window); the rest of that thread is veth's receive path, which a NIC's driver does not \
+         have in this form (veth copies each skb into a page-pool page before XDP sees it).\n\
          - **loopback**: the listeners on 4 addresses × 2 ports of 127.0.0.x. The listeners' \
          kernel work (for a connect the whole handshake of both ends) then runs in the sending \
          thread's softirq and is charged to the checker's process: shown for comparison.\n\n\
@@ -920,6 +972,9 @@ pub fn write(
         "process_system_pct": r1(d.sys_pct),
         "napi_host_cpu_pct": d.napi_host_pct.map(r1),
         "napi_peer_cpu_pct_not_counted": d.napi_peer_pct.map(r1),
+        "xdp_prog_cpu_pct": d.xdp_pct.map(r3),
+        "xdp_prog_runs": d.xdp_runs,
+        "process_plus_xdp_prog_cpu_pct": d.xdp_pct.map(|x| r1(d.process_pct + x)),
         "checks_per_sec": d.checks_per_sec.round(),
         "failures": d.failures,
         "accepted": d.accepted,
