@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use super::{
     BackendKey, Health, Inner,
     checks::{
-        halfopen::{Answer, BatchAnswer, BatchSink, HalfOpen, ROUTE_TTL, Syn},
+        halfopen::{Answer, BatchAnswer, BatchSink, HalfOpen, ROUTE_TTL, SendBuffers, Syn},
         io_detail,
     },
 };
@@ -367,6 +367,7 @@ impl Scheduler {
         // Buffers kept from pass to pass.
         let mut pass = Pass::default();
         let mut syns: Vec<Syn> = Vec::new();
+        let mut send_bufs = SendBuffers::default();
         // SYNs the send buffer had no room for, tried again a millisecond later.
         let mut again: Vec<Out> = Vec::new();
         let sleep = tokio::time::sleep_until(Instant::now());
@@ -434,7 +435,7 @@ impl Scheduler {
             if !pass.out.is_empty() {
                 syns.clear();
                 syns.extend(pass.out.iter().map(|o| o.syn));
-                let results = self.engine.send_many(&syns);
+                let results = self.engine.send_many(&syns, &mut send_bufs);
                 let mut st = lock(&self.state);
                 let mut out = std::mem::take(&mut pass.out);
                 for (mut o, r) in out.drain(..).zip(results) {
@@ -445,7 +446,7 @@ impl Scheduler {
                         again.push(o);
                         continue;
                     }
-                    st.send_failed(&self.engine, o.id, o.isn, &e, now, &mut pass);
+                    st.send_failed(&self.engine, o.id, o.isn, e, now, &mut pass);
                 }
                 // The buffer kept for the next pass.
                 pass.out = out;
