@@ -119,10 +119,10 @@ struct Wheel {
     cur: u64,
     /// Entries past the span: (ms since `origin`, entry).
     far: BinaryHeap<Reverse<(u64, Timer)>>,
-    /// The memory of buckets taken, for buckets filled next: entries live a few
-    /// intervals at most, so a few hundred buckets' memory serves the whole span. (Each
-    /// bucket keeping its own, the first lap of 10,000 checks a second grew the malloc
-    /// arena, an mprotect(2) each time, for 8 s.)
+    /// The memory of buckets taken, for buckets filled next: an entry waits about an
+    /// interval, so only that many buckets hold memory at a time, not the whole span.
+    /// (Each bucket keeping its own, the first lap of 10,000 checks a second grew the
+    /// malloc arena, an mprotect(2) each time, for 8 s.)
     spare: Vec<Vec<Timer>>,
 }
 
