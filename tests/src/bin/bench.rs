@@ -90,12 +90,25 @@ fn median(mut v: Vec<u64>) -> f64 {
     v[v.len() / 2] as f64
 }
 
+/// The ns of `prog` on `frames[i % frames.len()]` for each i of `at`, each a separate
+/// repeat=1 run, onto `out`.
+fn run_ns(
+    lab: &mut Lab,
+    prog: &str,
+    frames: &[Vec<u8>],
+    at: std::ops::Range<usize>,
+    out: &mut Vec<u64>,
+) -> Result<()> {
+    for i in at {
+        out.push(lab.run_prog(prog, &frames[i % frames.len()])?.ns);
+    }
+    Ok(())
+}
+
 /// Median ns of `prog` over `frames` (cycled), each a separate repeat=1 run.
 fn measure(lab: &mut Lab, prog: &str, frames: &[Vec<u8>], iters: usize) -> Result<f64> {
     let mut ns = Vec::with_capacity(iters);
-    for i in 0..iters {
-        ns.push(lab.run_prog(prog, &frames[i % frames.len()])?.ns);
-    }
+    run_ns(lab, prog, frames, 0..iters, &mut ns)?;
     Ok(median(ns))
 }
 
@@ -111,16 +124,14 @@ fn measure_paired(
     prog: &str,
     frames: &[Vec<u8>],
     iters: usize,
-    floor_frame: &[u8],
+    floor_frame: &Vec<u8>,
 ) -> Result<(f64, f64)> {
     let (mut path, mut floor) = (Vec::with_capacity(iters), Vec::with_capacity(iters));
-    for i in 0..iters {
-        if i % PAIR_BLOCK == 0 {
-            for _ in 0..PAIR_BLOCK {
-                floor.push(lab.run_prog("xdp_floor", floor_frame)?.ns);
-            }
-        }
-        path.push(lab.run_prog(prog, &frames[i % frames.len()])?.ns);
+    for start in (0..iters).step_by(PAIR_BLOCK) {
+        let end = (start + PAIR_BLOCK).min(iters);
+        let floor_frames = std::slice::from_ref(floor_frame);
+        run_ns(lab, "xdp_floor", floor_frames, start..end, &mut floor)?;
+        run_ns(lab, prog, frames, start..end, &mut path)?;
     }
     Ok((median(path), median(floor)))
 }
@@ -193,35 +204,28 @@ impl Delta {
     }
 }
 
-/// ns per packet by path name; for a path measured with [`measure_paired`], its floor
-/// under `PAIRED_FLOOR[path]`.
+/// ns per packet by path name.
 type Figures = BTreeMap<&'static str, f64>;
 
-/// The keys of the floors measured alongside each path.
-const PAIRED_FLOOR: [(&str, &str); 5] = [
-    ("conntrack_hit", "floor_with_conntrack_hit"),
-    ("new_flow", "floor_with_new_flow"),
-    ("pass", "floor_with_pass"),
-    ("tun_v4", "floor_with_tun_v4"),
-    ("tun_v6", "floor_with_tun_v6"),
-];
-
-fn paired_floor_key(path: &str) -> Option<&'static str> {
-    PAIRED_FLOOR
-        .iter()
-        .find(|(p, _)| *p == path)
-        .map(|(_, f)| *f)
+/// What [`xdp`] measured.
+struct XdpFigures {
+    /// Each path's median, and the floor's (alone, first, and again at the end).
+    ns: Figures,
+    /// The floor measured beside each path ([`measure_paired`]).
+    floor_beside: Figures,
+    /// In-kernel repeats of the idempotent paths.
+    repeat: Figures,
 }
 
-/// Records a [`measure_paired`] result: the path's median and the floor beside it.
-fn put_paired(r: &mut Figures, path: &'static str, (ns, floor): (f64, f64)) {
-    r.insert(path, ns);
-    if let Some(k) = paired_floor_key(path) {
-        r.insert(k, floor);
+impl XdpFigures {
+    /// `path` × the floor measured beside it (the floor alone, for the floor rows).
+    fn ratio(&self, path: &str) -> f64 {
+        let floor = self.floor_beside.get(path).unwrap_or(&self.ns["floor"]);
+        self.ns[path] / floor
     }
 }
 
-fn xdp() -> Result<(Figures, Figures)> {
+fn xdp() -> Result<XdpFigures> {
     pin_to_cpu0();
     let cap = Capacity {
         conn_table: 1 << 20,
@@ -251,20 +255,26 @@ fn xdp() -> Result<(Figures, Figures)> {
     tun.run(&hit6)?;
 
     let mut r = BTreeMap::new();
+    let mut beside = BTreeMap::new();
     let mut rep = BTreeMap::new();
     r.insert(
         "floor",
         measure(&mut dr, "xdp_floor", std::slice::from_ref(&hit), ITER)?,
     );
+    // Records a path measured with `measure_paired`.
+    let mut put = |path: &'static str, (ns, floor): (f64, f64)| {
+        r.insert(path, ns);
+        beside.insert(path, floor);
+    };
 
     let d = Delta::new(&dr);
     let m = measure_paired(&mut dr, "xdp_lb", std::slice::from_ref(&hit), ITER, &hit)?;
-    put_paired(&mut r, "conntrack_hit", m);
+    put("conntrack_hit", m);
     d.check(&dr, Reason::TxDr, ITER as u64)?;
 
     let d = Delta::new(&dr);
     let m = measure_paired(&mut dr, "xdp_lb", &new_flows, ITER, &hit)?;
-    put_paired(&mut r, "new_flow", m);
+    put("new_flow", m);
     d.check(&dr, Reason::TxDr, ITER as u64)?;
     let idx = dr
         .proj
@@ -280,16 +290,16 @@ fn xdp() -> Result<(Figures, Figures)> {
 
     let d = Delta::new(&dr);
     let m = measure_paired(&mut dr, "xdp_lb", std::slice::from_ref(&pass), ITER, &hit)?;
-    put_paired(&mut r, "pass", m);
+    put("pass", m);
     d.check(&dr, Reason::PassNotVip, ITER as u64)?;
 
     let d = Delta::new(&tun);
     let m = measure_paired(&mut tun, "xdp_lb", std::slice::from_ref(&hit), ITER, &hit)?;
-    put_paired(&mut r, "tun_v4", m);
+    put("tun_v4", m);
     d.check(&tun, Reason::TxTun, ITER as u64)?;
     let d = Delta::new(&tun);
     let m = measure_paired(&mut tun, "xdp_lb", std::slice::from_ref(&hit6), ITER, &hit)?;
-    put_paired(&mut r, "tun_v6", m);
+    put("tun_v6", m);
     d.check(&tun, Reason::TxTun, ITER as u64)?;
     // Floor again at the end: the two must agree, or the machine was noisy.
     let floor2 = measure(&mut dr, "xdp_floor", std::slice::from_ref(&hit), ITER)?;
@@ -304,7 +314,11 @@ fn xdp() -> Result<(Figures, Figures)> {
     let d = Delta::new(&dr);
     rep.insert("pass", measure_repeat(&mut dr, "xdp_lb", &pass)?);
     d.check(&dr, Reason::PassNotVip, 15 * 100_000)?;
-    Ok((r, rep))
+    Ok(XdpFigures {
+        ns: r,
+        floor_beside: beside,
+        repeat: rep,
+    })
 }
 
 /// A config file with `services` services of `per` backends each.
@@ -453,14 +467,12 @@ fn main() -> Result<()> {
     }
     // `LB_BENCH_ONLY=xdp`: only the XDP figures, printed, nothing written.
     if std::env::var("LB_BENCH_ONLY").as_deref() == Ok("xdp") {
-        let (x, rep) = xdp()?;
-        let floor = x["floor"];
-        for (k, v) in &x {
-            // A path against the floor measured beside it.
-            let f = paired_floor_key(k).map_or(floor, |f| x[f]);
-            println!("{k:24} {v:7.1} ns  {:.2}x", v / f);
+        let f = xdp()?;
+        for (k, v) in &f.ns {
+            println!("{k:14} {v:7.1} ns  {:.2}x", f.ratio(k));
         }
-        println!("in-kernel repeat: {rep:?}");
+        println!("floor beside each path: {:?}", f.floor_beside);
+        println!("in-kernel repeat: {:?}", f.repeat);
         return Ok(());
     }
     // `LB_BENCH_ONLY=control_plane`: only the control-plane figures, printed, nothing
@@ -483,10 +495,10 @@ fn main() -> Result<()> {
     }
     let (scrape_ms, scrape_alloc, scrape_peak, expo_len) = exporter()?;
     let (apply_ms, change_ms, change_slots) = control_plane()?;
-    let (x, rep) = xdp()?;
+    let xf = xdp()?;
+    let (x, rep) = (&xf.ns, &xf.repeat);
     let m100 = maglev_ms(100);
     let m1000 = maglev_ms(1000);
-    let floor = x["floor"];
     let date = std::process::Command::new("date")
         .arg("-u")
         .arg("+%Y-%m-%d %H:%M UTC")
@@ -512,18 +524,18 @@ fn main() -> Result<()> {
         "scrape_1000x10_peak_bytes": scrape_peak,
         "exposition_bytes": expo_len,
     });
-    let beside: BTreeMap<&str, f64> = PAIRED_FLOOR.iter().map(|(p, f)| (*p, x[f])).collect();
-    j["xdp_meta"] = json!({ "machine": mach, "date": date, "method": "median of 20000 BPF_PROG_TEST_RUN repeat=1 runs, fresh frame each, alternating in blocks of 500 with as many runs of the floor; ratios to the floor beside each path", "floor_beside_ns": beside, "in_kernel_repeat_ns": rep });
+    j["xdp_meta"] = json!({ "machine": mach, "date": date, "method": "median of 20000 BPF_PROG_TEST_RUN repeat=1 runs, fresh frame each, alternating in blocks of 500 with as many runs of the floor; ratios to the floor beside each path", "floor_beside_ns": xf.floor_beside, "in_kernel_repeat_ns": rep });
     std::fs::write(&json_path, serde_json::to_string_pretty(&j)? + "\n")?;
 
     let row = |k: &str, what: &str, target: &str| {
-        let (beside, ratio) = match paired_floor_key(k) {
-            Some(f) => (format!("{:.0}", x[f]), x[k] / x[f]),
-            None => (String::new(), x[k] / floor),
-        };
+        let beside = xf
+            .floor_beside
+            .get(k)
+            .map_or_else(String::new, |f| format!("{f:.0}"));
         format!(
-            "| {what} | {:.0} | {beside} | {ratio:.2}× | {target} |\n",
-            x[k]
+            "| {what} | {:.0} | {beside} | {:.2}× | {target} |\n",
+            x[k],
+            xf.ratio(k)
         )
     };
     let mut body = String::new();
